@@ -43,6 +43,14 @@ def _gen_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from citymodels_devkit.demo import run_demo
+
+    return run_demo(
+        args.work_dir, cities=args.cities, rows=args.rows, seed=args.seed, noise=args.noise
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``citymodels`` command."""
     parser = argparse.ArgumentParser(
@@ -74,6 +82,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--header", action="store_true", help="write a header row")
     gen.set_defaults(handler=_gen_data)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the notebook's story on this machine (what `make demo` runs)",
+        description=(
+            "Generate cities, process each upload as the processing job does, train one "
+            "Linear Learner per city, then query prices through the inference pipeline and "
+            "compare the errors with the best achievable (the generator's ground truth). "
+            "Writes a chart of predicted vs actual prices."
+        ),
+    )
+    demo.add_argument("--cities", type=int, default=10, help="number of cities (default 10)")
+    demo.add_argument("--rows", type=int, default=1000, help="rows per city (default 1000)")
+    demo.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    demo.add_argument(
+        "--noise", type=float, default=10_000.0, help="price noise sigma (default 10000)"
+    )
+    demo.add_argument(
+        "--work-dir",
+        type=Path,
+        default=WORK_DIR / "demo",
+        help="where data, models and charts go; emptied first (default .citymodels/demo)",
+    )
+    demo.set_defaults(handler=_demo)
     return parser
 
 
