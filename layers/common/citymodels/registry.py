@@ -1,0 +1,677 @@
+"""The registry: one DynamoDB table holding, per city, every upload and run, every
+published version, the ``current`` alias, and the API keys (design.md §3).
+
+Single-table layout (partition key ``pk``, sort key ``sk``, both strings):
+
+| item | pk | sk | attributes |
+|---|---|---|---|
+| city | ``CITIES`` | ``{city}`` | current, newest_published, pinned, removed, counts, times |
+| run (one per upload) | ``CITY#{city}`` | ``RUN#{id}`` | key, status, reason, sha256, |
+|  |  |  | attempt, job names, metrics, gate, model_key |
+| content | ``CITY#{city}`` | ``CONTENT#{sha256}`` | attempts, last_run, published_version |
+| job | ``JOB#{job_name}`` | ``JOB`` | city, run |
+| API key | ``KEY#{sha256(secret)}`` | ``KEY`` | key_id, cities, admin, revoked |
+| API key listing | ``KEYS`` | ``{key_id}`` | the same, without the hash |
+
+A run's id is the version id minted for its upload (rejected uploads get one too, so
+every upload sorts in upload order). The alias moves only forward: :meth:`Registry.publish`
+is a conditional write on ``newest_published``, so a run that finishes late never
+replaces a model trained on a newer upload; :meth:`Registry.rollback` pins it back.
+
+This module uses only boto3 (present in every Lambda runtime): no pandas, no numpy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+from citymodels.cities import validate_city_id
+from citymodels.errors import CityModelsError
+from citymodels.versions import validate_version
+
+# Upload and run statuses (design.md §3).
+REJECTED = "REJECTED"
+DUPLICATE = "DUPLICATE"
+PROCESSING = "PROCESSING"
+TRAINING = "TRAINING"
+PUBLISHED = "PUBLISHED"
+NOT_PUBLISHED = "NOT_PUBLISHED"
+FAILED = "FAILED"
+STATUSES = (REJECTED, DUPLICATE, PROCESSING, TRAINING, PUBLISHED, NOT_PUBLISHED, FAILED)
+IN_PROGRESS = (PROCESSING, TRAINING)
+FINAL = (REJECTED, DUPLICATE, PUBLISHED, NOT_PUBLISHED, FAILED)
+
+KEY_PREFIX = "cmk_"
+"""API keys look like ``cmk_<43 url-safe characters>``; only their SHA-256 is stored."""
+
+TABLE_KEY_SCHEMA = (
+    {"AttributeName": "pk", "KeyType": "HASH"},
+    {"AttributeName": "sk", "KeyType": "RANGE"},
+)
+
+
+class RegistryError(CityModelsError):
+    """Base class of registry errors."""
+
+    code = "registry_error"
+
+
+class UnknownCity(RegistryError, LookupError):
+    """Nothing was ever uploaded for this city."""
+
+    code = "unknown_city"
+
+
+class UnknownRun(RegistryError, LookupError):
+    """No run with this id for the city."""
+
+    code = "unknown_run"
+
+
+class UnknownKey(RegistryError, LookupError):
+    """No API key with this id."""
+
+    code = "unknown_key"
+
+
+class NotPublishable(RegistryError):
+    """The alias cannot move to this version (never published, or not newer)."""
+
+    code = "not_publishable"
+
+
+def now_iso() -> str:
+    """Return the current UTC time as ISO 8601 with milliseconds and ``Z``."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Run:
+    """One upload of a city and what became of it."""
+
+    city: str
+    run: str
+    key: str
+    status: str
+    reason: str = ""
+    sha256: str = ""
+    attempt: int = 0
+    size: int = 0
+    processing_job: str = ""
+    training_job: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    gate: dict[str, Any] = field(default_factory=dict)
+    model_key: str = ""
+    schema_version: str = ""
+    duplicate_of: str = ""
+    report_key: str = ""
+    created_at: str = ""
+    updated_at: str = ""
+    published_at: str = ""
+
+    @property
+    def version(self) -> str:
+        """The version id this run publishes under (the run id)."""
+        return self.run
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the run as a JSON-ready mapping, without empty fields."""
+        body: dict[str, Any] = {}
+        for name in Run.__dataclass_fields__:
+            value = getattr(self, name)
+            if value not in ("", 0, {}, None) or name in ("city", "run", "status"):
+                body[name] = value
+        return body
+
+
+@dataclass
+class City:
+    """A city's alias and publication state."""
+
+    city: str
+    current: str = ""
+    newest_published: str = ""
+    pinned: bool = False
+    removed: bool = False
+    current_metrics: dict[str, float] = field(default_factory=dict)
+    created_at: str = ""
+    updated_at: str = ""
+
+    @property
+    def serving(self) -> bool:
+        """Whether a model answers for this city."""
+        return bool(self.current) and not self.removed
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the city as a JSON-ready mapping."""
+        return {
+            "city": self.city,
+            "current_version": self.current if not self.removed else None,
+            "newest_published": self.newest_published or None,
+            "pinned": self.pinned,
+            "removed": self.removed,
+            "metrics": self.current_metrics,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass
+class ApiKey:
+    """An API key's grants (never the secret itself)."""
+
+    key_id: str
+    cities: list[str]
+    admin: bool = False
+    revoked: bool = False
+    description: str = ""
+    created_at: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the key's grants as a JSON-ready mapping."""
+        return {
+            "key_id": self.key_id,
+            "cities": list(self.cities),
+            "admin": self.admin,
+            "revoked": self.revoked,
+            "description": self.description,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass(frozen=True)
+class ContentRecord:
+    """What the registry knows of one upload content (by SHA-256) for a city."""
+
+    sha256: str
+    attempts: int
+    last_run: str
+    published_version: str
+
+
+def hash_secret(secret: str) -> str:
+    """Return the stored form of an API key: its SHA-256, hex."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+class Registry:
+    """Access to the registry table.
+
+    Parameters
+    ----------
+    table_name
+        The table (stack output ``RegistryTable``).
+    client
+        A boto3 DynamoDB client; one is created (once) when omitted. Tests pass their own.
+    """
+
+    def __init__(self, table_name: str, client: Any | None = None) -> None:
+        if client is None:
+            import boto3
+
+            client = boto3.client("dynamodb")
+        from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+        self.table_name = table_name
+        self._client = client
+        self._ser = TypeSerializer()
+        self._de = TypeDeserializer()
+
+    # -- marshalling -----------------------------------------------------------------
+
+    def _item(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: self._ser.serialize(_to_dynamo(v)) for k, v in values.items() if v is not None}
+
+    def _plain(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: _from_dynamo(self._de.deserialize(v)) for k, v in item.items()}
+
+    def _get(self, pk: str, sk: str, *, consistent: bool = True) -> dict[str, Any] | None:
+        answer = self._client.get_item(
+            TableName=self.table_name,
+            Key=self._item({"pk": pk, "sk": sk}),
+            ConsistentRead=consistent,
+        )
+        item = answer.get("Item")
+        return self._plain(item) if item else None
+
+    def _query(
+        self, pk: str, prefix: str = "", *, newest_first: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "KeyConditionExpression": "pk = :pk"
+            + (" AND begins_with(sk, :prefix)" if prefix else ""),
+            "ExpressionAttributeValues": self._item(
+                {":pk": pk, **({":prefix": prefix} if prefix else {})}
+            ),
+            "ScanIndexForward": not newest_first,
+        }
+        while True:
+            answer = self._client.query(**kwargs)
+            for item in answer.get("Items", []):
+                yield self._plain(item)
+            if "LastEvaluatedKey" not in answer:
+                return
+            kwargs["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+
+    def _update(
+        self,
+        pk: str,
+        sk: str,
+        values: Mapping[str, Any],
+        *,
+        condition: str | None = None,
+        condition_values: Mapping[str, Any] | None = None,
+        remove: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        names = {f"#a{i}": name for i, name in enumerate(values)}
+        attr_values = {f":a{i}": value for i, value in enumerate(values.values())}
+        expression = "SET " + ", ".join(f"#a{i} = :a{i}" for i in range(len(values)))
+        if remove:
+            for j, name in enumerate(remove):
+                names[f"#r{j}"] = name
+            expression += " REMOVE " + ", ".join(f"#r{j}" for j in range(len(remove)))
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "Key": self._item({"pk": pk, "sk": sk}),
+            "UpdateExpression": expression,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": self._item({**attr_values, **(condition_values or {})}),
+            "ReturnValues": "ALL_NEW",
+        }
+        if condition:
+            kwargs["ConditionExpression"] = condition
+        answer = self._client.update_item(**kwargs)
+        return self._plain(answer.get("Attributes", {}))
+
+    def _is_conditional_failure(self, err: Exception) -> bool:
+        response = getattr(err, "response", {}) or {}
+        return response.get("Error", {}).get("Code") in (
+            "ConditionalCheckFailedException",
+            "TransactionCanceledException",
+        )
+
+    # -- cities ----------------------------------------------------------------------
+
+    def get_city(self, city: str) -> City:
+        """Return the city's publication state.
+
+        Raises
+        ------
+        UnknownCity
+            Nothing was ever uploaded for it.
+        """
+        item = self._get("CITIES", validate_city_id(city))
+        if item is None:
+            raise UnknownCity(f"nothing was ever uploaded for city {city!r}", field="city")
+        return _city(item)
+
+    def list_cities(self) -> list[City]:
+        """Return every known city, sorted by id."""
+        return [_city(item) for item in self._query("CITIES")]
+
+    def _touch_city(self, city: str) -> None:
+        now = now_iso()
+        self._client.update_item(
+            TableName=self.table_name,
+            Key=self._item({"pk": "CITIES", "sk": city}),
+            UpdateExpression="SET city = :city, updated_at = :now, "
+            "created_at = if_not_exists(created_at, :now)",
+            ExpressionAttributeValues=self._item({":city": city, ":now": now}),
+        )
+
+    # -- runs ------------------------------------------------------------------------
+
+    def get_run(self, city: str, run: str) -> Run:
+        """Return one run of a city.
+
+        Raises
+        ------
+        UnknownRun
+            When the city has no such run.
+        """
+        item = self._get(f"CITY#{validate_city_id(city)}", f"RUN#{validate_version(run)}")
+        if item is None:
+            raise UnknownRun(f"city {city!r} has no run {run!r}", field="version")
+        return _run(item)
+
+    def list_runs(self, city: str, *, newest_first: bool = True) -> list[Run]:
+        """Return every run (upload) of a city."""
+        pk = f"CITY#{validate_city_id(city)}"
+        return [_run(item) for item in self._query(pk, "RUN#", newest_first=newest_first)]
+
+    def create_run(self, run: Run) -> bool:
+        """Record a new upload's run; return False if it was already recorded.
+
+        The write is conditional on the run not existing: an event delivered twice
+        records one run, and the second delivery learns it is a redelivery.
+        """
+        validate_city_id(run.city)
+        validate_version(run.run)
+        now = now_iso()
+        values = {**run.to_dict(), "created_at": now, "updated_at": now}
+        values.pop("city", None)
+        values.pop("run", None)
+        try:
+            self._update(
+                f"CITY#{run.city}",
+                f"RUN#{run.run}",
+                {"city": run.city, "run": run.run, **values},
+                condition="attribute_not_exists(pk)",
+            )
+        except Exception as err:
+            if self._is_conditional_failure(err):
+                return False
+            raise
+        self._touch_city(run.city)
+        return True
+
+    def update_run(
+        self,
+        city: str,
+        run: str,
+        *,
+        expected_status: Sequence[str] | None = None,
+        **fields: Any,
+    ) -> Run | None:
+        """Set fields of a run (e.g. ``status``, ``reason``, ``training_job``).
+
+        Parameters
+        ----------
+        expected_status
+            When given, update only if the run's status is one of these; returns None
+            otherwise (a stale or duplicated event must not move a run backwards).
+        """
+        unknown = set(fields) - set(Run.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown run field(s): {sorted(unknown)}")
+        if "status" in fields and fields["status"] not in STATUSES:
+            raise ValueError(f"unknown status {fields['status']!r}")
+        condition = "attribute_exists(pk)"
+        condition_values: dict[str, Any] = {}
+        if expected_status:
+            placeholders = [f":s{i}" for i in range(len(expected_status))]
+            condition += f" AND #st IN ({', '.join(placeholders)})"
+            condition_values = dict(zip(placeholders, expected_status))
+        values = {**fields, "updated_at": now_iso()}
+        try:
+            item = self._update_with_status_name(
+                f"CITY#{validate_city_id(city)}",
+                f"RUN#{validate_version(run)}",
+                values,
+                condition,
+                condition_values,
+                bool(expected_status),
+            )
+        except Exception as err:
+            if self._is_conditional_failure(err):
+                if expected_status:
+                    return None
+                raise UnknownRun(f"city {city!r} has no run {run!r}", field="version") from err
+            raise
+        return _run(item)
+
+    def _update_with_status_name(
+        self,
+        pk: str,
+        sk: str,
+        values: Mapping[str, Any],
+        condition: str,
+        condition_values: Mapping[str, Any],
+        uses_status: bool,
+    ) -> dict[str, Any]:
+        names = {f"#a{i}": name for i, name in enumerate(values)}
+        if uses_status:
+            names["#st"] = "status"
+        attr_values = {f":a{i}": value for i, value in enumerate(values.values())}
+        answer = self._client.update_item(
+            TableName=self.table_name,
+            Key=self._item({"pk": pk, "sk": sk}),
+            UpdateExpression="SET " + ", ".join(f"#a{i} = :a{i}" for i in range(len(values))),
+            ConditionExpression=condition,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=self._item({**attr_values, **condition_values}),
+            ReturnValues="ALL_NEW",
+        )
+        return self._plain(answer["Attributes"])
+
+    # -- content (duplicate detection) -----------------------------------------------
+
+    def get_content(self, city: str, sha256: str) -> ContentRecord | None:
+        """Return what is known of this content for the city, or None."""
+        item = self._get(f"CITY#{validate_city_id(city)}", f"CONTENT#{sha256}")
+        if item is None:
+            return None
+        return ContentRecord(
+            sha256=sha256,
+            attempts=int(item.get("attempts", 0)),
+            last_run=str(item.get("last_run", "")),
+            published_version=str(item.get("published_version", "")),
+        )
+
+    def record_attempt(self, city: str, sha256: str, run: str) -> int:
+        """Count a new run of this content for the city; return its attempt number."""
+        pk = f"CITY#{validate_city_id(city)}"
+        answer = self._client.update_item(
+            TableName=self.table_name,
+            Key=self._item({"pk": pk, "sk": f"CONTENT#{sha256}"}),
+            UpdateExpression="ADD attempts :one SET last_run = :run",
+            ExpressionAttributeValues=self._item({":one": 1, ":run": run}),
+            ReturnValues="ALL_NEW",
+        )
+        return int(self._plain(answer["Attributes"])["attempts"])
+
+    def _mark_content_published(self, city: str, sha256: str, version: str) -> None:
+        if sha256:
+            self._update(f"CITY#{city}", f"CONTENT#{sha256}", {"published_version": version})
+
+    # -- jobs ------------------------------------------------------------------------
+
+    def record_job(self, job_name: str, city: str, run: str) -> None:
+        """Remember which city and run a job belongs to (for its state-change events)."""
+        self._update(
+            f"JOB#{job_name}", "JOB", {"city": validate_city_id(city), "run": validate_version(run)}
+        )
+
+    def run_for_job(self, job_name: str) -> Run | None:
+        """Return the run a job belongs to, or None for a job this registry never started."""
+        item = self._get(f"JOB#{job_name}", "JOB")
+        if item is None:
+            return None
+        return self.get_run(str(item["city"]), str(item["run"]))
+
+    # -- publishing ------------------------------------------------------------------
+
+    def publish(
+        self, city: str, version: str, *, metrics: Mapping[str, float], model_key: str
+    ) -> bool:
+        """Move the alias to ``version`` if it is newer than every version ever published.
+
+        Returns
+        -------
+        bool
+            True when the alias moved; False when a newer version was already published
+            (the run finished late), in which case nothing changes.
+        """
+        validate_city_id(city)
+        validate_version(version)
+        now = now_iso()
+        try:
+            self._update(
+                "CITIES",
+                city,
+                {
+                    "city": city,
+                    "current": version,
+                    "newest_published": version,
+                    "pinned": False,
+                    "removed": False,
+                    "current_metrics": dict(metrics),
+                    "updated_at": now,
+                },
+                condition="attribute_not_exists(newest_published) OR newest_published < :v",
+                condition_values={":v": version},
+            )
+        except Exception as err:
+            if self._is_conditional_failure(err):
+                return False
+            raise
+        run = self.get_run(city, version)
+        self.update_run(city, version, published_at=now, model_key=model_key)
+        self._mark_content_published(city, run.sha256, version)
+        return True
+
+    def rollback(self, city: str, version: str) -> City:
+        """Pin the alias to an earlier published version.
+
+        Raises
+        ------
+        NotPublishable
+            The version was never published (no model to serve).
+        """
+        run = self.get_run(city, version)
+        if not run.published_at or not run.model_key:
+            raise NotPublishable(
+                f"version {version} of {city} was never published ({run.status}); "
+                "only published versions can be served",
+                field="version",
+            )
+        run_metrics = run.metrics
+        item = self._update(
+            "CITIES",
+            city,
+            {"current": version, "pinned": True, "removed": False, "current_metrics": run_metrics,
+             "updated_at": now_iso()},
+            condition="attribute_exists(newest_published)",
+        )  # fmt: skip
+        return _city(item)
+
+    def remove(self, city: str) -> City:
+        """Stop serving a city (its uploads, runs and models are kept)."""
+        self.get_city(city)
+        return _city(self._update("CITIES", city, {"removed": True, "updated_at": now_iso()}))
+
+    def versions(self, city: str) -> list[Run]:
+        """Return the city's published versions, newest first."""
+        return [r for r in self.list_runs(city) if r.published_at]
+
+    # -- API keys --------------------------------------------------------------------
+
+    def create_key(
+        self, cities: Sequence[str], *, admin: bool = False, description: str = ""
+    ) -> tuple[str, ApiKey]:
+        """Create an API key; return ``(secret, key)``. The secret is not stored."""
+        from citymodels.auth import validate_patterns
+
+        patterns = validate_patterns(cities)
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        key = ApiKey(
+            key_id=hash_secret(secret)[:12],
+            cities=patterns,
+            admin=admin,
+            description=description,
+            created_at=now_iso(),
+        )
+        digest = hash_secret(secret)
+        values = key.to_dict()
+        secret_item = self._item({"pk": f"KEY#{digest}", "sk": "KEY", **values})
+        listing_item = self._item({"pk": "KEYS", "sk": key.key_id, "hash": digest, **values})
+        self._client.transact_write_items(
+            TransactItems=[
+                {
+                    "Put": {
+                        "TableName": self.table_name,
+                        "Item": secret_item,
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                },
+                {"Put": {"TableName": self.table_name, "Item": listing_item}},
+            ]
+        )
+        return secret, key
+
+    def key_for_secret(self, secret: str) -> ApiKey | None:
+        """Return the grants of a presented key, or None (unknown or revoked)."""
+        if not secret.startswith(KEY_PREFIX) or len(secret) > 200:
+            return None
+        item = self._get(f"KEY#{hash_secret(secret)}", "KEY", consistent=False)
+        if item is None or item.get("revoked"):
+            return None
+        return _key(item)
+
+    def list_keys(self) -> list[ApiKey]:
+        """Return every key's grants (revoked ones included)."""
+        return [_key(item) for item in self._query("KEYS")]
+
+    def revoke_key(self, key_id: str) -> ApiKey:
+        """Revoke a key by id.
+
+        Raises
+        ------
+        UnknownKey
+            No key has this id.
+        """
+        listing = self._get("KEYS", key_id)
+        if listing is None:
+            raise UnknownKey(f"no API key with id {key_id!r}", field="key_id")
+        self._update(f"KEY#{listing['hash']}", "KEY", {"revoked": True})
+        return _key(self._update("KEYS", key_id, {"revoked": True}))
+
+
+# -- conversions ---------------------------------------------------------------------
+
+
+def _to_dynamo(value: Any) -> Any:
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, Mapping):
+        return {str(k): _to_dynamo(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_dynamo(v) for v in value]
+    return value
+
+
+def _from_dynamo(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return (
+            int(value)
+            if value == value.to_integral_value() and abs(value) < 2**53
+            else float(value)
+        )
+    if isinstance(value, dict):
+        return {k: _from_dynamo(v) for k, v in value.items()}
+    if isinstance(value, (list, set)):
+        return [_from_dynamo(v) for v in value]
+    return value
+
+
+def _fields(cls: type, item: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in item.items() if k in cls.__dataclass_fields__}  # type: ignore[attr-defined]
+
+
+def _run(item: Mapping[str, Any]) -> Run:
+    values = _fields(Run, item)
+    values["metrics"] = {k: float(v) for k, v in dict(values.get("metrics", {})).items()}
+    return Run(**values)
+
+
+def _city(item: Mapping[str, Any]) -> City:
+    values = _fields(City, item)
+    values["current_metrics"] = {
+        k: float(v) for k, v in dict(values.get("current_metrics", {})).items()
+    }
+    return City(**values)
+
+
+def _key(item: Mapping[str, Any]) -> ApiKey:
+    values = _fields(ApiKey, item)
+    values["cities"] = list(values.get("cities", []))
+    return ApiKey(**values)

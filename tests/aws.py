@@ -1,0 +1,121 @@
+"""Shared AWS test fixtures: moto-backed resources built from the code's own definitions.
+
+Import the fixtures into a test module's namespace, or use them through
+``tests/unit/conftest.py`` which re-exports them. Every AWS client is created inside
+``mock_aws`` after fake credentials are set, as moto's documentation prescribes, and
+sockets to anything but moto are never opened.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from citymodels.registry import TABLE_KEY_SCHEMA, Registry
+
+REGION = "us-east-1"
+STACK = "cmtest"
+BUCKET = "cmtest-data"
+TABLE = "cmtest-registry"
+ENDPOINT = "cmtest-endpoint"
+EVENTS_DIR = Path(__file__).resolve().parents[1] / "events"
+
+
+@dataclass
+class Aws:
+    """The mocked account: clients and the stack's resources."""
+
+    s3: Any
+    dynamodb: Any
+    sqs: Any
+    sagemaker: Any
+    registry: Registry
+    bucket: str
+    table: str
+    retry_queue_url: str
+    failure_queue_url: str
+
+
+@pytest.fixture
+def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake credentials and region, so no test can reach a real account."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SECURITY_TOKEN": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": REGION,
+    }.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def create_registry_table(dynamodb: Any, name: str = TABLE) -> None:
+    """Create the registry table with the key schema the code defines."""
+    dynamodb.create_table(
+        TableName=name,
+        KeySchema=list(TABLE_KEY_SCHEMA),
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+
+@pytest.fixture
+def aws(aws_credentials: None) -> Iterator[Aws]:
+    """A mocked account with the DataBucket, the registry table and the queues."""
+    with mock_aws():
+        s3 = boto3.client("s3", region_name=REGION)
+        dynamodb = boto3.client("dynamodb", region_name=REGION)
+        sqs = boto3.client("sqs", region_name=REGION)
+        sagemaker = boto3.client("sagemaker", region_name=REGION)
+        s3.create_bucket(Bucket=BUCKET)
+        create_registry_table(dynamodb)
+        retry = sqs.create_queue(QueueName="cmtest-capacity-retry")["QueueUrl"]
+        failure = sqs.create_queue(QueueName="cmtest-failures")["QueueUrl"]
+        yield Aws(
+            s3=s3,
+            dynamodb=dynamodb,
+            sqs=sqs,
+            sagemaker=sagemaker,
+            registry=Registry(TABLE, client=dynamodb),
+            bucket=BUCKET,
+            table=TABLE,
+            retry_queue_url=retry,
+            failure_queue_url=failure,
+        )
+
+
+def load_event(name: str) -> dict[str, Any]:
+    """Load a real-shaped sample event from ``events/{name}.json``."""
+    return json.loads((EVENTS_DIR / f"{name}.json").read_text())
+
+
+@dataclass
+class FakeLambdaContext:
+    """The attributes Powertools reads from a Lambda context."""
+
+    function_name: str = "test-function"
+    memory_limit_in_mb: int = 512
+    invoked_function_arn: str = f"arn:aws:lambda:{REGION}:123456789012:function:test-function"
+    aws_request_id: str = "52fdfc07-2182-154f-163f-5f0f9a621d72"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 30_000
+
+
+@pytest.fixture
+def lambda_context() -> FakeLambdaContext:
+    """A fake LambdaContext."""
+    return FakeLambdaContext()

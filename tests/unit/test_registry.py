@@ -1,0 +1,140 @@
+"""The registry (moto DynamoDB): runs, the alias that never moves backwards, rollback,
+duplicates, jobs, API keys."""
+
+from __future__ import annotations
+
+import pytest
+
+from citymodels.registry import (
+    FAILED,
+    PROCESSING,
+    PUBLISHED,
+    REJECTED,
+    TRAINING,
+    NotPublishable,
+    Run,
+    UnknownCity,
+    UnknownKey,
+    UnknownRun,
+    hash_secret,
+)
+from citymodels.versions import mint_version
+from tests.aws import Aws
+
+V1 = mint_version("2026-11-25T01:00:00Z", "01")
+V2 = mint_version("2026-11-25T02:00:00Z", "02")
+V3 = mint_version("2026-11-25T03:00:00Z", "03")
+SHA = "ab" * 32
+
+
+def new_run(aws: Aws, version: str, city: str = "NewYork_NY", status: str = PROCESSING) -> Run:
+    run = Run(city=city, run=version, key=f"raw/{city}/{version}.csv", status=status, sha256=SHA)
+    assert aws.registry.create_run(run)
+    return run
+
+
+def published(aws: Aws, version: str, city: str = "NewYork_NY") -> bool:
+    new_run(aws, version, city)
+    aws.registry.update_run(city, version, status=PUBLISHED, metrics={"test:mae": 1.0})
+    return aws.registry.publish(
+        city, version, metrics={"test:mae": 1.0}, model_key=f"mme/{city}/{version}.tar.gz"
+    )
+
+
+def test_a_run_is_recorded_once_even_if_the_event_comes_twice(aws: Aws) -> None:
+    run = new_run(aws, V1)
+    assert aws.registry.create_run(run) is False
+    assert [r.run for r in aws.registry.list_runs("NewYork_NY")] == [V1]
+    assert aws.registry.get_city("NewYork_NY").current == ""
+
+
+def test_alias_never_moves_backwards(aws: Aws) -> None:
+    # GIVEN version 3 published
+    assert published(aws, V3)
+    # WHEN the older run 2 finishes late THEN the alias stays on 3
+    assert published(aws, V2) is False
+    city = aws.registry.get_city("NewYork_NY")
+    assert (city.current, city.newest_published) == (V3, V3)
+
+
+def test_rollback_pins_then_a_newer_upload_publishes_as_usual(aws: Aws) -> None:
+    published(aws, V1)
+    published(aws, V2)
+    city = aws.registry.rollback("NewYork_NY", V1)
+    assert (city.current, city.pinned) == (V1, True)
+    assert published(aws, V3)
+    city = aws.registry.get_city("NewYork_NY")
+    assert (city.current, city.pinned) == (V3, False)
+
+
+def test_rollback_to_a_version_never_published_is_refused(aws: Aws) -> None:
+    published(aws, V2)
+    new_run(aws, V1, status=FAILED)
+    with pytest.raises(NotPublishable, match="never published"):
+        aws.registry.rollback("NewYork_NY", V1)
+    with pytest.raises(UnknownRun):
+        aws.registry.rollback("NewYork_NY", V3)
+
+
+def test_stale_events_do_not_move_a_run_backwards(aws: Aws) -> None:
+    new_run(aws, V1)
+    assert aws.registry.update_run("NewYork_NY", V1, status=TRAINING, expected_status=[PROCESSING])
+    # a redelivered "processing completed" event
+    assert (
+        aws.registry.update_run("NewYork_NY", V1, status=TRAINING, expected_status=[PROCESSING])
+        is None
+    )
+    assert aws.registry.get_run("NewYork_NY", V1).status == TRAINING
+
+
+def test_content_attempts_and_publication_are_tracked(aws: Aws) -> None:
+    assert aws.registry.get_content("NewYork_NY", SHA) is None
+    assert aws.registry.record_attempt("NewYork_NY", SHA, V1) == 1
+    assert aws.registry.record_attempt("NewYork_NY", SHA, V2) == 2
+    published(aws, V2)
+    content = aws.registry.get_content("NewYork_NY", SHA)
+    assert content is not None
+    assert (content.attempts, content.last_run, content.published_version) == (2, V2, V2)
+
+
+def test_jobs_map_back_to_their_run(aws: Aws) -> None:
+    new_run(aws, V1)
+    aws.registry.record_job("cm-cmtest-0123456789abcdef0123-1", "NewYork_NY", V1)
+    run = aws.registry.run_for_job("cm-cmtest-0123456789abcdef0123-1")
+    assert run is not None
+    assert run.run == V1
+    assert aws.registry.run_for_job("cm-other-0123456789abcdef0123-1") is None
+
+
+def test_cities_listing_and_unknown_city(aws: Aws) -> None:
+    new_run(aws, V1, city="Chicago_IL", status=REJECTED)
+    published(aws, V2)
+    assert [c.city for c in aws.registry.list_cities()] == ["Chicago_IL", "NewYork_NY"]
+    assert aws.registry.get_city("Chicago_IL").serving is False
+    with pytest.raises(UnknownCity):
+        aws.registry.get_city("Houston_TX")
+
+
+def test_remove_stops_serving_and_keeps_history(aws: Aws) -> None:
+    published(aws, V1)
+    city = aws.registry.remove("NewYork_NY")
+    assert city.removed
+    assert city.serving is False
+    assert len(aws.registry.versions("NewYork_NY")) == 1
+
+
+def test_keys_are_stored_hashed_and_can_be_revoked(aws: Aws) -> None:
+    secret, key = aws.registry.create_key(["NewYork_NY", "San*"], description="demo")
+    assert secret.startswith("cmk_")
+    stored = aws.dynamodb.scan(TableName=aws.table)["Items"]
+    assert secret not in str(stored)
+    assert hash_secret(secret) in str(stored)
+    found = aws.registry.key_for_secret(secret)
+    assert found is not None
+    assert (found.cities, found.admin) == (["NewYork_NY", "San*"], False)
+    assert aws.registry.key_for_secret(secret + "x") is None
+    aws.registry.revoke_key(key.key_id)
+    assert aws.registry.key_for_secret(secret) is None
+    assert [k.revoked for k in aws.registry.list_keys()] == [True]
+    with pytest.raises(UnknownKey):
+        aws.registry.revoke_key("nope")
