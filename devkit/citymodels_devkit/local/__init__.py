@@ -1,0 +1,8 @@
+"""The local stack: the whole application on one machine, with no AWS account (design.md §4).
+
+Modules:
+
+- :mod:`citymodels_devkit.local.mme`: the multi-model endpoint, the inference pipeline
+  [preprocessor → Linear Learner] with SageMaker MME semantics (tiers, single-flight
+  loads, the documented errors and CloudWatch metrics).
+"""

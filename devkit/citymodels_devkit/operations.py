@@ -1,0 +1,736 @@
+"""What the operator commands do, as plain functions returning data.
+
+The command line (:mod:`citymodels_devkit.cli`) renders what these return either as
+JSON (``--json``) or as tables; nothing here prints. AWS clients and the registry are
+parameters, so tests and other tools pass their own.
+
+Errors a person can fix (a bad city id, an unknown version, a file that does not
+exist, an API that refuses the key) are :class:`citymodels.errors.CityModelsError`\\ s
+with a message meant for them; :class:`OperationFailed` says the operation ran but did
+not succeed (a run that was not published, a server error).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from citymodels.auth import target_model_policy, validate_patterns
+from citymodels.cities import validate_city_id
+from citymodels.errors import CityModelsError, InvalidRecord, InvalidUpload
+from citymodels.layout import raw_key
+from citymodels.registry import DUPLICATE, FINAL, PUBLISHED, ApiKey, Registry, Run
+from citymodels.schema import COLUMNS, FEATURES, FLAG_FEATURES, LABEL, parse_flag, parse_number
+from citymodels.validation import ValidationReport, validate_upload
+
+S3_DELETE_BATCH = 1000
+"""DeleteObjects takes at most 1,000 keys per call."""
+API_MAX_ROWS = 1000
+"""The HTTP API answers at most 1,000 rows per request (design.md §3)."""
+SUCCESSFUL = (PUBLISHED, DUPLICATE)
+"""Final statuses after which the city serves the upload's content."""
+
+
+class UsageError(CityModelsError, ValueError):
+    """A mistake in what the user asked for (a file, a value, a missing setting)."""
+
+    code = "usage"
+
+
+class OperationFailed(CityModelsError):
+    """The operation ran but did not succeed (not the caller's mistake)."""
+
+    code = "failed"
+
+
+class ApiError(CityModelsError):
+    """The HTTP API answered with an error.
+
+    Attributes
+    ----------
+    status
+        The HTTP status (0 when the API could not be reached).
+    """
+
+    code = "api_error"
+
+    def __init__(self, message: str, *, status: int, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.status = status
+
+
+# -- onboard ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded file: where it went and what the local check found."""
+
+    city: str
+    bucket: str
+    key: str
+    size: int
+    report: ValidationReport | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the upload as a JSON-ready mapping."""
+        return {
+            "city": self.city,
+            "bucket": self.bucket,
+            "key": self.key,
+            "size": self.size,
+            "check": self.report.to_dict() if self.report is not None else None,
+        }
+
+
+def _existing_file(path: Path) -> int:
+    try:
+        stat = path.stat()
+    except FileNotFoundError as err:
+        raise UsageError(f"file {path} not found", field="file") from err
+    if not path.is_file():
+        raise UsageError(f"{path} is not a file", field="file")
+    return stat.st_size
+
+
+def upload_key(city: str, path: Path) -> str:
+    """Return the key ``path`` is uploaded under for ``city`` (``raw/{city}/{name}``)."""
+    return raw_key(validate_city_id(city), path.name)
+
+
+def check_upload(path: Path) -> ValidationReport:
+    """Validate a local CSV as the onboard function will (streaming, bounded memory)."""
+    size = _existing_file(path)
+    with path.open("rb") as stream:
+        return validate_upload(stream, size=size)
+
+
+def onboard(
+    s3: Any,
+    bucket: str,
+    city: str,
+    path: Path,
+    *,
+    check: bool = True,
+    report: ValidationReport | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Upload:
+    """Check a city's CSV locally, then upload it to ``raw/{city}/{file name}``.
+
+    Parameters
+    ----------
+    s3
+        A boto3 S3 client.
+    bucket
+        The DataBucket.
+    check
+        Validate the file first, so a bad file is reported before it is uploaded.
+    report
+        The file's report when the caller has already checked it (then kept as it is).
+    progress
+        Called with the bytes sent since the last call.
+
+    Raises
+    ------
+    InvalidCityId, InvalidKey
+        The city id is invalid or the file is not a ``.csv``.
+    InvalidUpload
+        The file failed the check (``report`` says which rows and why); nothing uploaded.
+    """
+    key = upload_key(city, path)
+    size = _existing_file(path)
+    if check and report is None:
+        report = check_upload(path)
+    if report is not None and not report.ok:
+        raise InvalidUpload(f"{path.name} was not uploaded: {report.summary()}", report)
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import ClientError
+
+    try:
+        s3.upload_file(
+            str(path), bucket, key, ExtraArgs={"ContentType": "text/csv"}, Callback=progress
+        )
+    except S3UploadFailedError as err:
+        # boto3 wraps S3's answer in a message; the answer itself says what to fix
+        if isinstance(err.__context__, ClientError):
+            raise err.__context__ from None
+        raise
+    return Upload(city=city, bucket=bucket, key=key, size=size, report=report)
+
+
+def runs_of_key(registry: Registry, city: str, key: str) -> set[str]:
+    """Return the ids of the city's runs recorded for uploads to ``key``."""
+    try:
+        return {run.run for run in registry.list_runs(city) if run.key == key}
+    except LookupError:
+        return set()
+
+
+def wait_for_run(
+    registry: Registry,
+    city: str,
+    key: str,
+    *,
+    known: Iterable[str] = (),
+    timeout: float = 1800.0,
+    interval: float = 5.0,
+    on_update: Callable[[Run | None], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> Run:
+    """Poll the registry until the run of a new upload to ``key`` is final.
+
+    Parameters
+    ----------
+    known
+        Runs of ``key`` that existed before the upload (see :func:`runs_of_key`): the
+        new upload's run is the first other one recorded for the key.
+    on_update
+        Called after every poll with the run (None until it is recorded).
+
+    Raises
+    ------
+    OperationFailed
+        ``timeout`` seconds passed first (the run may still finish).
+    """
+    known = set(known)
+    deadline = clock() + timeout
+    run: Run | None = None
+    while True:
+        fresh = [r for r in registry.list_runs(city) if r.key == key and r.run not in known]
+        run = fresh[0] if fresh else None  # newest first
+        if on_update is not None:
+            on_update(run)
+        if run is not None and run.status in FINAL:
+            return run
+        if clock() >= deadline:
+            where = f"its run is still {run.status}" if run else "no run was recorded yet"
+            raise OperationFailed(
+                f"gave up waiting after {timeout:g} s: {where}; "
+                f"follow it with: citymodels status {city}"
+            )
+        sleep(interval)
+
+
+# -- status ----------------------------------------------------------------------------
+
+
+def cities_overview(registry: Registry) -> list[dict[str, Any]]:
+    """Return every city with its serving state and its newest upload."""
+    overview = []
+    for city in registry.list_cities():
+        runs = registry.list_runs(city.city)
+        overview.append(
+            {
+                **city.to_dict(),
+                "uploads": len(runs),
+                "newest_upload": runs[0].to_dict() if runs else None,
+            }
+        )
+    return overview
+
+
+def city_detail(registry: Registry, city: str) -> dict[str, Any]:
+    """Return one city's serving state and every upload, newest first.
+
+    Raises
+    ------
+    UnknownCity
+        Nothing was ever uploaded for it.
+    """
+    state = registry.get_city(city)
+    return {**state.to_dict(), "uploads": [run.to_dict() for run in registry.list_runs(city)]}
+
+
+def failure_queue(sqs: Any, queue_url: str, *, peek: int = 10) -> dict[str, Any]:
+    """Return how many messages wait in the failure queue, and a look at a few.
+
+    The messages are received with a visibility timeout of 0: they stay in the queue,
+    visible to anyone else, and are only described here (an event-driven function's
+    OnFailure record names the function, the error and the event).
+    """
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    ).get("Attributes", {})
+    waiting = int(attributes.get("ApproximateNumberOfMessages", 0))
+    in_flight = int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0))
+    messages: list[dict[str, Any]] = []
+    if waiting and peek > 0:
+        answer = sqs.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=min(peek, 10),
+            VisibilityTimeout=0,
+            WaitTimeSeconds=0,
+            AttributeNames=["SentTimestamp"],
+        )
+        messages = [describe_failure(m) for m in answer.get("Messages", [])]
+    return {"queue_url": queue_url, "waiting": waiting, "in_flight": in_flight, "peek": messages}
+
+
+def describe_failure(message: Mapping[str, Any]) -> dict[str, Any]:
+    """Summarise one failure-queue message (a Lambda OnFailure record, or anything else)."""
+    sent = message.get("Attributes", {}).get("SentTimestamp")
+    summary: dict[str, Any] = {"message_id": message.get("MessageId", "")}
+    if sent:
+        summary["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(sent) / 1000))
+    try:
+        body = json.loads(message.get("Body", ""))
+    except (TypeError, json.JSONDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        summary["error"] = _clip(str(message.get("Body", "")))
+        return summary
+    context = body.get("requestContext") or {}
+    function_arn = str(context.get("functionArn", ""))
+    if function_arn:
+        parts = function_arn.split(":")
+        summary["function"] = parts[6] if len(parts) > 6 else function_arn
+    if context.get("condition"):
+        summary["condition"] = context["condition"]
+    response = body.get("responsePayload") or {}
+    if isinstance(response, dict) and (response.get("errorType") or response.get("errorMessage")):
+        summary["error"] = _clip(
+            f"{response.get('errorType', 'Error')}: {response.get('errorMessage', '')}"
+        )
+    summary["event"] = _event_subject(body.get("requestPayload", body))
+    if body.get("timestamp"):
+        summary["time"] = body["timestamp"]
+    return summary
+
+
+def _event_subject(event: Any) -> str:
+    if not isinstance(event, dict):
+        return ""
+    detail = event.get("detail") or {}
+    if not isinstance(detail, dict):
+        return str(event.get("detail-type", ""))
+    for name in ("ProcessingJobName", "TrainingJobName"):
+        if detail.get(name):
+            return f"{name}={detail[name]}"
+    obj = detail.get("object")
+    if isinstance(obj, dict) and obj.get("key"):
+        bucket = (detail.get("bucket") or {}).get("name", "")
+        return f"s3://{bucket}/{obj['key']}" if bucket else str(obj["key"])
+    return str(event.get("detail-type", ""))
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# -- models, rollback, remove ----------------------------------------------------------
+
+
+def city_versions(registry: Registry, city: str) -> dict[str, Any]:
+    """Return a city's published versions, newest first, marking the one served."""
+    state = registry.get_city(city)
+    served = state.current if state.serving else ""
+    return {
+        **state.to_dict(),
+        "versions": [
+            {
+                "version": run.version,
+                "published_at": run.published_at,
+                "metrics": run.metrics,
+                "model_key": run.model_key,
+                "current": run.version == served,
+            }
+            for run in registry.versions(city)
+        ],
+    }
+
+
+def rollback(registry: Registry, city: str, version: str) -> dict[str, Any]:
+    """Serve an earlier published version of a city (pins the alias).
+
+    Raises
+    ------
+    InvalidVersion, UnknownRun, NotPublishable
+        Not a version id, no such version, or a version that was never published.
+    """
+    return registry.rollback(validate_city_id(city), version).to_dict()
+
+
+def remove(registry: Registry, city: str) -> dict[str, Any]:
+    """Stop serving a city; its uploads, runs and models are kept."""
+    return registry.remove(city).to_dict()
+
+
+# -- API keys --------------------------------------------------------------------------
+
+
+def split_patterns(values: Iterable[str]) -> list[str]:
+    """Return city patterns given as separate arguments and/or comma-separated."""
+    return validate_patterns([p for value in values for p in value.split(",") if p.strip()])
+
+
+def create_key(
+    registry: Registry, cities: Iterable[str], *, admin: bool = False, description: str = ""
+) -> tuple[str, ApiKey]:
+    """Create an API key; return ``(secret, key)`` (the secret is not stored, its hash is)."""
+    return registry.create_key(split_patterns(cities), admin=admin, description=description)
+
+
+# -- fine-grained access (notebook section 9) ------------------------------------------
+
+_ACCOUNT = re.compile(r"\d{12}")
+
+
+def caller_account(sts: Any) -> tuple[str, str]:
+    """Return ``(account, partition)`` of the credentials in use (STS GetCallerIdentity)."""
+    identity = sts.get_caller_identity()
+    arn = str(identity.get("Arn", ""))
+    partition = arn.split(":")[1] if arn.count(":") >= 5 else "aws"
+    return str(identity["Account"]), partition
+
+
+def endpoint_arn(*, partition: str, region: str, account: str, endpoint_name: str) -> str:
+    """Return the ARN of a SageMaker endpoint.
+
+    SageMaker writes resource names in ARNs in lower case (an endpoint created as
+    ``CityModels`` is ``.../endpoint/citymodels``), and IAM compares ARNs as written.
+    """
+    if _ACCOUNT.fullmatch(account) is None:
+        raise UsageError(f"account {account!r} must be 12 digits", field="account")
+    return f"arn:{partition}:sagemaker:{region}:{account}:endpoint/{endpoint_name.lower()}"
+
+
+def access_policy(cities: Iterable[str], arn: str) -> dict[str, Any]:
+    """Return the IAM policy letting a caller invoke only these cities' models directly."""
+    return target_model_policy(arn, split_patterns(cities))
+
+
+# -- predict ---------------------------------------------------------------------------
+
+
+@dataclass
+class Rows:
+    """Houses to price, as API instances, with their actual prices when the input had them."""
+
+    instances: list[dict[str, float | int | str]]
+    actual: list[float | None] = field(default_factory=list)
+
+
+def _instance(record: Mapping[str, Any], where: str) -> tuple[dict[str, Any], float | None]:
+    """Check one house locally (the API checks again) and normalise its values."""
+    by_name: dict[str, Any] = {}
+    for name, value in record.items():
+        upper = str(name).strip().upper()
+        if upper not in COLUMNS:
+            raise UsageError(
+                f"{where}: unknown field {name!r}; expected {', '.join(FEATURES)}", field=str(name)
+            )
+        by_name[upper] = value
+    missing = [c for c in FEATURES if c not in by_name]
+    if missing:
+        raise UsageError(f"{where}: missing {', '.join(missing)}", field=missing[0])
+    instance: dict[str, Any] = {}
+    try:
+        for column in FEATURES:
+            if column in FLAG_FEATURES:
+                instance[column] = parse_flag(column, by_name[column])
+            else:
+                number = parse_number(column, by_name[column])
+                instance[column] = int(number) if number.is_integer() else number
+        actual = None
+        if by_name.get(LABEL) not in (None, ""):
+            actual = parse_number(LABEL, by_name[LABEL])
+    except InvalidRecord as err:
+        raise UsageError(f"{where}: {err.message}", field=err.field) from err
+    return instance, actual
+
+
+def _rows(records: Iterable[tuple[Mapping[str, Any], str]]) -> Rows:
+    rows = Rows(instances=[])
+    for record, where in records:
+        instance, actual = _instance(record, where)
+        rows.instances.append(instance)
+        rows.actual.append(actual)
+    if not rows.instances:
+        raise UsageError("no rows to price", field="rows")
+    return rows
+
+
+def rows_from_pairs(pairs: Sequence[str]) -> Rows:
+    """Return one house given as ``KEY=VALUE`` arguments (``YEAR_BUILT=1995 ...``)."""
+    record: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"expected KEY=VALUE (e.g. YEAR_BUILT=1995), got {pair!r}")
+        record[name] = value
+    return _rows([(record, "row")])
+
+
+def _read_text(path: Path) -> str:
+    if str(path) == "-":
+        return sys.stdin.read()
+    _existing_file(path)
+    return path.read_text(encoding="utf-8-sig")
+
+
+def rows_from_json(path: Path) -> Rows:
+    """Return houses from a JSON file: ``{"instances": [...]}`` or a list of objects."""
+    try:
+        data = json.loads(_read_text(path))
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{path} is not JSON (line {err.lineno}: {err.msg})") from err
+    if isinstance(data, dict) and "instances" in data:
+        data = data["instances"]
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise UsageError(f'{path} must hold {{"instances": [{{...}}, ...]}} or a list of objects')
+    return _rows((record, f"{path} row {i}") for i, record in enumerate(data, 1))
+
+
+def rows_from_csv(path: Path) -> Rows:
+    """Return houses from a CSV file: with a header row, or headerless in raw column order.
+
+    Headerless rows have the eight features, or all nine raw columns (PRICE last, then
+    shown next to the prediction): an upload's file can be priced as it is.
+    """
+    reader = csv.reader(io.StringIO(_read_text(path)))
+    lines = [(n, row) for n, row in enumerate(reader, 1) if any(f.strip() for f in row)]
+    if not lines:
+        raise UsageError(f"{path} has no rows", field="rows")
+    header: list[str] | None = None
+    first = lines[0][1]
+    if all(f.strip() and not _is_number(f) for f in first):
+        header = [f.strip() for f in first]
+        lines = lines[1:]
+    records: list[tuple[Mapping[str, Any], str]] = []
+    for number, row in lines:
+        where = f"{path} line {number}"
+        if header is not None:
+            names: Sequence[str] = header
+        elif len(row) in (len(FEATURES), len(COLUMNS)):
+            names = COLUMNS[: len(row)]
+        else:
+            raise UsageError(
+                f"{where}: expected {len(FEATURES)} values ({', '.join(FEATURES)}), "
+                f"optionally then {LABEL}; found {len(row)}"
+            )
+        if len(row) != len(names):
+            raise UsageError(f"{where}: {len(row)} values for {len(names)} columns")
+        records.append((dict(zip(names, row, strict=True)), where))
+    return _rows(records)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Priced:
+    """What the API answered for a set of rows."""
+
+    city: str
+    model_versions: list[str]
+    prices: list[float]
+    actual: list[float | None]
+    latency_ms: list[float]
+    """Round-trip time of each request (one per :data:`API_MAX_ROWS` rows)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the answer as a JSON-ready mapping."""
+        versions = sorted(set(self.model_versions))
+        return {
+            "city": self.city,
+            "model_version": versions[0] if len(versions) == 1 else versions,
+            "predictions": [
+                {"price": price, **({"actual": actual} if actual is not None else {})}
+                for price, actual in zip(self.prices, self.actual, strict=True)
+            ],
+            "latency_ms": self.latency_ms[0] if len(self.latency_ms) == 1 else self.latency_ms,
+        }
+
+
+def predict(
+    api_url: str,
+    api_key: str,
+    city: str,
+    rows: Rows,
+    *,
+    timeout: float = 30.0,
+    opener: Callable[..., Any] = urllib.request.urlopen,
+) -> Priced:
+    """Price houses through the HTTP API (``POST /cities/{city}/predictions``).
+
+    Rows are sent as JSON instances, at most :data:`API_MAX_ROWS` per request.
+
+    Raises
+    ------
+    ApiError
+        The API answered with an error (its message is kept) or could not be reached.
+    """
+    validate_city_id(city)
+    if not api_key:
+        raise UsageError("no API key: pass --api-key or set CITYMODELS_API_KEY", field="api_key")
+    url = f"{api_url.rstrip('/')}/cities/{city}/predictions"
+    versions: list[str] = []
+    prices: list[float] = []
+    latencies: list[float] = []
+    for start in range(0, len(rows.instances), API_MAX_ROWS):
+        batch = rows.instances[start : start + API_MAX_ROWS]
+        request = urllib.request.Request(
+            url,
+            data=json.dumps({"instances": batch}).encode("utf-8"),
+            method="POST",
+            headers={
+                "Authorization": f"Bearer {api_key}",
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+                "User-Agent": "citymodels-cli",
+            },
+        )
+        began = time.perf_counter()
+        answer = _call(opener, request, timeout, url)
+        latencies.append(round((time.perf_counter() - began) * 1000, 1))
+        try:
+            versions.append(str(answer["model_version"]))
+            got = [float(p["price"]) for p in answer["predictions"]]
+        except (KeyError, TypeError, ValueError) as err:
+            raise ApiError(
+                f"unexpected answer from {url}: {_clip(str(answer))}", status=200
+            ) from err
+        if len(got) != len(batch):
+            raise ApiError(
+                f"the API priced {len(got)} of {len(batch)} rows", status=200, field="predictions"
+            )
+        prices.extend(got)
+    return Priced(city, versions, prices, list(rows.actual), latencies)
+
+
+def _call(
+    opener: Callable[..., Any], request: urllib.request.Request, timeout: float, url: str
+) -> Any:
+    try:
+        with opener(request, timeout=timeout) as response:
+            return json.loads(response.read().decode("utf-8"))
+    except urllib.error.HTTPError as err:
+        raise _api_error(err) from err
+    except urllib.error.URLError as err:
+        reason = getattr(err.reason, "strerror", None) or err.reason
+        raise ApiError(f"cannot reach the API at {url}: {reason}", status=0) from err
+    except TimeoutError as err:
+        raise ApiError(f"the API did not answer within {timeout:g} s ({url})", status=0) from err
+    except json.JSONDecodeError as err:
+        raise ApiError(f"the API's answer is not JSON ({url})", status=200) from err
+
+
+def _api_error(err: urllib.error.HTTPError) -> ApiError:
+    raw = err.read()
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        body = None
+    message, field_name = "", None
+    if isinstance(body, dict):
+        # citymodels' own errors are {"code","message","field"}; API Gateway's {"message"}
+        # or {"Message"}.
+        message = str(body.get("message") or body.get("Message") or "")
+        field_name = body.get("field")
+    message = message or _clip(raw.decode("utf-8", "replace")) or str(err.reason)
+    hint = ""
+    if err.code == 401:
+        hint = " (check --api-key or CITYMODELS_API_KEY)"
+    elif err.code == 403:
+        hint = " (the key has no access to this city)"
+    return ApiError(
+        f"the API answered {err.code}: {message}{hint}", status=err.code, field=field_name
+    )
+
+
+# -- clean up (notebook section 10) ----------------------------------------------------
+
+
+def count_object_versions(s3: Any, bucket: str) -> int:
+    """Return how many object versions and delete markers the bucket holds."""
+    total = 0
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        total += len(page.get("Versions", [])) + len(page.get("DeleteMarkers", []))
+    return total
+
+
+def empty_bucket(
+    s3: Any,
+    bucket: str,
+    *,
+    batch_size: int = S3_DELETE_BATCH,
+    on_deleted: Callable[[int], None] | None = None,
+) -> int:
+    """Delete every object version and delete marker of a (versioned) bucket.
+
+    Each round lists the bucket from the start and deletes what it lists, in batches of
+    at most ``batch_size`` (DeleteObjects' limit is 1,000), until nothing is left.
+
+    Returns
+    -------
+    int
+        How many versions and delete markers were deleted.
+
+    Raises
+    ------
+    OperationFailed
+        S3 refused to delete some (e.g. Object Lock); the message names one.
+    """
+    if not 0 < batch_size <= S3_DELETE_BATCH:
+        raise ValueError(f"batch_size must be 1..{S3_DELETE_BATCH}")
+    deleted = 0
+    while True:
+        page = s3.list_object_versions(Bucket=bucket, MaxKeys=batch_size)
+        entries = [
+            {"Key": item["Key"], "VersionId": item["VersionId"]}
+            for item in page.get("Versions", []) + page.get("DeleteMarkers", [])
+        ]
+        if not entries:
+            return deleted
+        for start in range(0, len(entries), batch_size):
+            chunk = entries[start : start + batch_size]
+            answer = s3.delete_objects(Bucket=bucket, Delete={"Objects": chunk, "Quiet": True})
+            errors = answer.get("Errors", [])
+            if errors:
+                first = errors[0]
+                raise OperationFailed(
+                    f"S3 refused to delete {len(errors)} object version(s) of {bucket}, e.g. "
+                    f"{first.get('Key')} ({first.get('Code')}: {first.get('Message')})"
+                )
+            deleted += len(chunk)
+            if on_deleted is not None:
+                on_deleted(len(chunk))
+
+
+def cleanup_next_steps(
+    bucket: str,
+    *,
+    stack_name: str | None,
+    region: str | None,
+    local: bool,
+    cleanup_command: str = "citymodels cleanup --yes",
+) -> list[str]:
+    """Return what to run after the bucket is emptied (``sam delete`` retains the bucket)."""
+    if local:
+        return ["citymodels local down"]
+    region_flag = f" --region {region}" if region else ""
+    return [
+        f"sam delete --stack-name {stack_name or '<stack name>'}{region_flag}",
+        f"{cleanup_command}   (again, only if anything was written to the bucket meanwhile)",
+        f"aws s3api delete-bucket --bucket {bucket}{region_flag}",
+    ]

@@ -1,0 +1,77 @@
+"""The train function: a processing job ended → start the training job, or record the failure.
+
+Trigger: EventBridge ``aws.sagemaker`` ``SageMaker Processing Job State Change``,
+``ProcessingJobName`` prefix ``cm-{stack}-``, status Completed / Failed / Stopped
+(docs/application.md); see :meth:`citymodels.pipeline.Pipeline.on_processing_state`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, event_source
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from citymodels.pipeline import Pipeline, PipelineSettings, TrainingJobConfig
+from citymodels.settings import env, env_json_object
+
+STACK_NAME = env("STACK_NAME")
+DATA_BUCKET = env("DATA_BUCKET")
+REGISTRY_TABLE = env("REGISTRY_TABLE")
+SAGEMAKER_ROLE_ARN = env("SAGEMAKER_ROLE_ARN")
+LINEAR_LEARNER_IMAGE_URI = env("LINEAR_LEARNER_IMAGE_URI")
+TRAINING_INSTANCE_TYPE = env("TRAINING_INSTANCE_TYPE")
+HYPERPARAMETERS = env_json_object("HYPERPARAMETERS")
+CAPACITY_RETRY_QUEUE_URL = env("CAPACITY_RETRY_QUEUE_URL")
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+
+SETTINGS = PipelineSettings(
+    stack=STACK_NAME,
+    bucket=DATA_BUCKET,
+    registry_table=REGISTRY_TABLE,
+    training=TrainingJobConfig(
+        role_arn=SAGEMAKER_ROLE_ARN,
+        image_uri=LINEAR_LEARNER_IMAGE_URI,
+        instance_type=TRAINING_INSTANCE_TYPE,
+        hyperparameters=HYPERPARAMETERS,
+    ),
+    retry_queue_url=CAPACITY_RETRY_QUEUE_URL,
+)
+pipeline = Pipeline(SETTINGS)
+"""Built once per execution environment (its clients on first use); tests assign their own."""
+
+
+class ProcessingJobStateChange(EventBridgeEvent):
+    """A ``SageMaker Processing Job State Change`` event (its detail is DescribeProcessingJob's)."""
+
+    @property
+    def job_name(self) -> str:
+        """The processing job's name."""
+        return str(self.detail["ProcessingJobName"])
+
+    @property
+    def status(self) -> str:
+        """``InProgress``, ``Completed``, ``Failed``, ``Stopping`` or ``Stopped``."""
+        return str(self.detail["ProcessingJobStatus"])
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+@event_source(data_class=ProcessingJobStateChange)
+def lambda_handler(event: ProcessingJobStateChange, context: LambdaContext) -> dict[str, Any]:
+    """Handle one processing job state change; return the outcome."""
+    logger.append_keys(job_name=event.job_name, job_status=event.status)
+    outcome = pipeline.on_processing_state(event.job_name, event.status)
+    logger.append_keys(**outcome.correlation_ids())
+    tracer.put_annotation(key="action", value=outcome.action.value)
+    for name, value in outcome.metrics.items():
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    logger.info(outcome.message, action=outcome.action.value, status=outcome.status)
+    return outcome.to_dict()

@@ -1,0 +1,1017 @@
+"""The HTTP API's operations, independent of Lambda and API Gateway (design.md §3).
+
+``functions/predict/app.py`` routes each request to one method of :class:`CityApi` and
+turns what it returns (dataclasses, which also give the OpenAPI document its schemas)
+or raises (a :class:`~citymodels.errors.CityModelsError`, mapped by :func:`http_status`)
+into the HTTP answer. ``functions/authorize/app.py`` calls :func:`authorize`.
+
+Who may do what comes from the authorizer's context (``requestContext.authorizer``:
+``key_id``, ``cities``, ``admin``), read into a :class:`Caller`. API Gateway enforces the
+authorizer's policy first; the handler checks the same patterns again, so a city outside
+the key's patterns is refused (403) even if a route were misconfigured, and such a
+request never reaches a model.
+
+Errors are JSON ``{"code", "message", "field"?}``:
+
+======  =======================================================================
+status  when
+======  =======================================================================
+400     bad input: the field is named (``instances[3].SQUARE_FEET``, ``city``, ...)
+403     city outside the key's patterns; rollback without an admin key
+404     unknown city; a known city with no model serving
+409     rollback to a version that was never published
+413     more than :data:`MAX_ROWS` rows or :data:`MAX_BODY_BYTES` bytes
+415     a body that is neither JSON nor CSV
+424     the model failed on the rows (MME ``ModelError``)
+502     the endpoint does not have the model the registry names (an operator's problem)
+503     the model was still loading when the deadline passed (``Retry-After`` given)
+======  =======================================================================
+
+A client's mistake is never answered with a 5xx.
+
+This module uses only the standard library and the package (no pandas, no numpy, no
+Powertools): it is unit-tested without Lambda.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import io
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from citymodels.auth import authorizer_policy, city_allowed
+from citymodels.cities import CITY_ID_PATTERN, validate_city_id
+from citymodels.endpoint import (
+    EndpointClient,
+    EndpointRejected,
+    ModelFailed,
+    ModelMissing,
+    ModelNotReady,
+)
+from citymodels.errors import (
+    CityModelsError,
+    InvalidCityId,
+    InvalidRecord,
+    InvalidVersion,
+)
+from citymodels.layout import target_model
+from citymodels.registry import (
+    City,
+    NotPublishable,
+    Registry,
+    Run,
+    UnknownCity,
+    UnknownRun,
+)
+from citymodels.schema import (
+    FEATURES,
+    FIELD_RULES,
+    FLAG_FEATURES,
+    FLAG_VOCABULARY,
+    NUMERIC_FEATURES,
+    encode_record,
+    encode_values,
+)
+
+MAX_ROWS = 1000
+"""Rows per prediction request (one InvokeEndpoint call)."""
+
+MAX_BODY_BYTES = 6 * 1024 * 1024
+"""Bytes per request body: Lambda's synchronous payload limit (6 MB)."""
+
+RETRY_AFTER_SECONDS = 5
+"""What a 503 tells the client to wait: a model usually finishes loading within seconds."""
+
+DEADLINE_MARGIN_SECONDS = 1.0
+"""Time kept back from the Lambda's remaining time to answer after the last retry."""
+
+JSON = "application/json"
+CSV = "text/csv"
+
+
+# -- errors --------------------------------------------------------------------------
+
+
+class ApiError(CityModelsError):
+    """Base class of errors raised by the HTTP API itself (not by the contracts)."""
+
+    code = "api_error"
+
+
+class BadRequest(ApiError, ValueError):
+    """A request the API cannot read: malformed JSON or CSV, a wrong shape, a bad row."""
+
+    code = "bad_request"
+
+
+class Forbidden(ApiError):
+    """The key may not do this (a city outside its patterns; rollback without admin)."""
+
+    code = "forbidden"
+
+
+class NoModelServing(ApiError, LookupError):
+    """The city is known but no model answers for it (nothing published yet, or removed)."""
+
+    code = "no_model"
+
+
+class PayloadTooLarge(ApiError):
+    """More rows or bytes than one request may carry."""
+
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    """A body that is neither ``application/json`` nor ``text/csv``."""
+
+    code = "unsupported_media_type"
+
+
+class Unauthorized(ApiError):
+    """No usable API key: missing or malformed header, unknown or revoked key.
+
+    ``str()`` is exactly ``"Unauthorized"``: a Lambda authorizer failing with that message
+    is API Gateway's convention for answering 401. The detail is in :attr:`reason`, for
+    the logs only (never tell a caller which part of a key was wrong).
+    """
+
+    code = "unauthorized"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("Unauthorized")
+        self.reason = reason
+
+
+_STATUS: tuple[tuple[type[Exception], int], ...] = (
+    (BadRequest, 400),
+    (InvalidCityId, 400),
+    (InvalidVersion, 400),
+    (InvalidRecord, 400),
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (UnknownCity, 404),
+    (NoModelServing, 404),
+    (NotPublishable, 409),
+    (UnknownRun, 409),
+    (PayloadTooLarge, 413),
+    (UnsupportedMediaType, 415),
+    (ModelFailed, 424),
+    (ModelMissing, 502),
+    (EndpointRejected, 502),
+    (ModelNotReady, 503),
+)
+
+
+def http_status(err: Exception) -> int:
+    """Return the HTTP status answering a domain error (500 for anything unexpected)."""
+    for cls, status in _STATUS:
+        if isinstance(err, cls):
+            return status
+    return 500
+
+
+def error_headers(err: Exception) -> dict[str, str]:
+    """Return the extra headers of an error answer (``Retry-After`` for a loading model)."""
+    if isinstance(err, ModelNotReady):
+        return {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    return {}
+
+
+# -- response bodies (dataclasses: the OpenAPI document's schemas) -----------------------
+
+
+@dataclass
+class ErrorBody:
+    """Every error answer."""
+
+    code: str
+    message: str
+    field: str | None = None
+
+
+@dataclass
+class Price:
+    """One prediction."""
+
+    price: float
+
+
+@dataclass
+class PredictionResponse:
+    """``POST /cities/{city}/predictions``: prices in the order of the rows sent."""
+
+    city: str
+    model_version: str
+    predictions: list[Price]
+
+
+@dataclass
+class CitySummary:
+    """A city as listed by ``GET /cities`` (and answered by a rollback)."""
+
+    city: str
+    current_version: str | None
+    pinned: bool
+    metrics: dict[str, float]
+    updated_at: str
+
+
+@dataclass
+class CityList:
+    """``GET /cities``: the cities the key may see."""
+
+    cities: list[CitySummary]
+
+
+@dataclass
+class VersionInfo:
+    """A published version of a city's model."""
+
+    version: str
+    key: str
+    published_at: str
+    metrics: dict[str, float]
+    current: bool
+
+
+@dataclass
+class UploadInfo:
+    """An upload of a city and what became of it (newest first)."""
+
+    key: str
+    version: str
+    status: str
+    reason: str
+    duplicate_of: str | None
+    metrics: dict[str, float]
+    created_at: str
+    updated_at: str
+
+
+@dataclass
+class CityDetail:
+    """``GET /cities/{city}``: the alias, the published versions and every upload."""
+
+    city: str
+    current_version: str | None
+    pinned: bool
+    metrics: dict[str, float]
+    versions: list[VersionInfo]
+    uploads: list[UploadInfo]
+
+
+@dataclass
+class RollbackRequest:
+    """``POST /cities/{city}/rollback``: the published version to serve again."""
+
+    version: str
+
+
+@dataclass
+class PredictionOutcome:
+    """What a prediction returns to the handler: the answer and what to measure."""
+
+    response: PredictionResponse
+    rows: int
+    latency_ms: float
+
+
+def city_summary(city: City) -> CitySummary:
+    """Return a registry city as listed by ``GET /cities``."""
+    return CitySummary(
+        city=city.city,
+        current_version=city.current if city.serving else None,
+        pinned=city.pinned,
+        metrics=dict(city.current_metrics),
+        updated_at=city.updated_at,
+    )
+
+
+def city_detail(city: City, runs: Sequence[Run]) -> CityDetail:
+    """Return ``GET /cities/{city}``'s answer from the city and its runs (newest first)."""
+    current = city.current if city.serving else None
+    return CityDetail(
+        city=city.city,
+        current_version=current,
+        pinned=city.pinned,
+        metrics=dict(city.current_metrics),
+        versions=[
+            VersionInfo(
+                version=run.version,
+                key=run.key,
+                published_at=run.published_at,
+                metrics=dict(run.metrics),
+                current=run.version == current,
+            )
+            for run in runs
+            if run.published_at
+        ],
+        uploads=[
+            UploadInfo(
+                key=run.key,
+                version=run.run,
+                status=run.status,
+                reason=run.reason,
+                duplicate_of=run.duplicate_of or None,
+                metrics=dict(run.metrics),
+                created_at=run.created_at,
+                updated_at=run.updated_at,
+            )
+            for run in runs
+        ],
+    )
+
+
+# -- who is calling ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The key behind a request, as the authorizer described it.
+
+    Attributes
+    ----------
+    key_id
+        The key's id (never its secret).
+    patterns
+        City patterns it grants (``NewYork_NY``, ``San*``, ``*``).
+    admin
+        Whether it may roll back.
+    """
+
+    key_id: str
+    patterns: tuple[str, ...]
+    admin: bool = False
+
+    @classmethod
+    def from_authorizer(cls, context: Mapping[str, Any] | None) -> Caller:
+        """Read the authorizer context (``requestContext.authorizer``).
+
+        API Gateway passes the context's values as strings (``cities`` comma-joined,
+        ``admin`` ``"true"``/``"false"``). A missing context grants nothing: a route
+        wrongly left without the authorizer fails closed.
+        """
+        context = context or {}
+        cities = context.get("cities") or ""
+        patterns = tuple(p.strip() for p in str(cities).split(",") if p.strip())
+        admin = context.get("admin")
+        return cls(
+            key_id=str(context.get("key_id") or context.get("principalId") or ""),
+            patterns=patterns,
+            admin=admin is True or str(admin).lower() == "true",
+        )
+
+    def may_see(self, city: str) -> bool:
+        """Return whether the key's patterns grant ``city``."""
+        return city_allowed(self.patterns, city)
+
+    def require_city(self, city: str) -> None:
+        """Raise :class:`Forbidden` unless the key's patterns grant ``city``."""
+        if not self.may_see(city):
+            raise Forbidden(f"this API key has no access to city {city!r}", field="city")
+
+    def require_admin(self) -> None:
+        """Raise :class:`Forbidden` unless the key is an admin key."""
+        if not self.admin:
+            raise Forbidden("only an admin API key may roll back a city", field="Authorization")
+
+
+# -- the alias cache -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Alias:
+    """What the registry said about a city's alias at one moment.
+
+    Attributes
+    ----------
+    city
+        The city id.
+    known
+        False when nothing was ever uploaded for it.
+    version
+        The version serving, or None (nothing published yet, or removed).
+    """
+
+    city: str
+    known: bool
+    version: str | None
+
+
+class AliasCache:
+    """City → current version, re-read from the registry at most every ``ttl_seconds``.
+
+    The prediction path must not read DynamoDB on every call (design.md §4: a read costs
+    milliseconds; the alias changes a few times a day). An alias move (publish,
+    rollback) is therefore seen by a warm function within ``ttl_seconds``
+    (``ALIAS_CACHE_SECONDS``); :meth:`invalidate` makes this function's own rollbacks
+    visible at once. Unknown cities are cached too, so that requests for cities that do
+    not exist cannot make every call a registry read; the cache holds at most
+    ``max_entries`` cities (the oldest entry goes first).
+
+    Parameters
+    ----------
+    registry
+        The registry.
+    ttl_seconds
+        How long an answer is reused; 0 reads the registry every time.
+    clock
+        Monotonic seconds; injectable for tests.
+    max_entries
+        Bound on the cached cities.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        ttl_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        max_entries: int = 1024,
+    ) -> None:
+        if not ttl_seconds >= 0:
+            raise ValueError(f"ttl_seconds must be >= 0, got {ttl_seconds!r}")
+        self._registry = registry
+        self._ttl = ttl_seconds
+        self._clock = clock
+        self._max = max_entries
+        self._entries: dict[str, tuple[float, Alias]] = {}
+
+    def get(self, city: str) -> Alias:
+        """Return the city's alias, from the cache while it is fresh."""
+        now = self._clock()
+        cached = self._entries.get(city)
+        if cached is not None and now < cached[0]:
+            return cached[1]
+        try:
+            record = self._registry.get_city(city)
+        except UnknownCity:
+            alias = Alias(city=city, known=False, version=None)
+        else:
+            alias = Alias(city=city, known=True, version=record.current if record.serving else None)
+        if self._ttl > 0:
+            self._entries.pop(city, None)
+            while len(self._entries) >= self._max:
+                del self._entries[next(iter(self._entries))]
+            self._entries[city] = (now + self._ttl, alias)
+        return alias
+
+    def serving_version(self, city: str) -> str:
+        """Return the version answering for ``city``.
+
+        Raises
+        ------
+        UnknownCity
+            Nothing was ever uploaded for it.
+        NoModelServing
+            It is known but no model is published (or it was removed).
+        """
+        alias = self.get(city)
+        if not alias.known:
+            raise UnknownCity(f"nothing was ever uploaded for city {city!r}", field="city")
+        if alias.version is None:
+            raise NoModelServing(
+                f"city {city!r} has no model serving yet; GET /cities/{city} lists its uploads",
+                field="city",
+            )
+        return alias.version
+
+    def invalidate(self, city: str) -> None:
+        """Forget a city's alias (after this function moved it)."""
+        self._entries.pop(city, None)
+
+
+# -- prediction requests -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestBody:
+    """A request's body as API Gateway delivers it.
+
+    Attributes
+    ----------
+    text
+        ``event["body"]`` (None when there is none).
+    base64_encoded
+        ``event["isBase64Encoded"]`` (binary media types).
+    content_type
+        The ``Content-Type`` header, or None.
+    """
+
+    text: str | None
+    base64_encoded: bool = False
+    content_type: str | None = None
+
+    def data(self) -> bytes:
+        """Return the body's bytes (base64 decoded when needed).
+
+        Raises
+        ------
+        PayloadTooLarge
+            Over :data:`MAX_BODY_BYTES`.
+        BadRequest
+            Undecodable base64.
+        """
+        if not self.text:
+            return b""
+        if self.base64_encoded:
+            if len(self.text) > (MAX_BODY_BYTES // 3 + 1) * 4:
+                raise _too_large_body(len(self.text) * 3 // 4)
+            try:
+                raw = base64.b64decode(self.text, validate=True)
+            except (binascii.Error, ValueError) as err:
+                raise BadRequest("the request body is not valid base64", field="body") from err
+        else:
+            raw = self.text.encode("utf-8", errors="surrogatepass")
+        if len(raw) > MAX_BODY_BYTES:
+            raise _too_large_body(len(raw))
+        return raw
+
+    def media_type(self) -> str:
+        """Return the media type without parameters, lower case (JSON when absent)."""
+        value = (self.content_type or "").split(";", 1)[0].strip().lower()
+        return value or JSON
+
+
+def _too_large_body(size: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the request body is {size:,} bytes; at most {MAX_BODY_BYTES:,} are accepted",
+        field="body",
+    )
+
+
+def _too_many_rows(rows: int, where: str) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the request has {rows:,} rows; at most {MAX_ROWS:,} are accepted per request",
+        field=where,
+    )
+
+
+def parse_prediction_rows(body: RequestBody) -> list[list[str]]:
+    """Validate a prediction request and return its rows as canonical raw CSV values.
+
+    The body is ``application/json`` ``{"instances": [{...8 fields...}, ...]}`` or
+    ``text/csv`` rows of the eight features (no PRICE; an optional header row naming
+    them, in any order). Every value is checked with the same rules the training data
+    met (:data:`citymodels.schema.FIELD_RULES`, via :func:`~citymodels.schema.encode_record`).
+
+    Returns
+    -------
+    list of list of str
+        One row per house, the eight values in :data:`~citymodels.schema.FEATURES` order
+        written canonically (``1995``, ``2100.5``, ``y``): what the endpoint receives.
+
+    Raises
+    ------
+    BadRequest
+        Naming the field: ``instances[3].SQUARE_FEET`` (JSON), ``rows[3].SQUARE_FEET``
+        (CSV, with the line number in the message), ``instances``, ``body``.
+    PayloadTooLarge
+        More than :data:`MAX_ROWS` rows or :data:`MAX_BODY_BYTES` bytes.
+    UnsupportedMediaType
+        Neither JSON nor CSV.
+    """
+    media_type = body.media_type()
+    if media_type not in (JSON, CSV) and not media_type.endswith("+json"):
+        raise UnsupportedMediaType(
+            f"Content-Type {body.content_type!r} is not supported; send {JSON} "
+            f'({{"instances": [...]}}) or {CSV} (rows of {", ".join(FEATURES)})',
+            field="Content-Type",
+        )
+    raw = body.data()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise BadRequest(f"the request body is not UTF-8 (byte {err.start})", field="body") from err
+    if media_type == CSV:
+        return _csv_rows(text)
+    return _json_rows(text)
+
+
+def _json_rows(text: str) -> list[list[str]]:
+    if not text.strip():
+        raise BadRequest('the request body is empty; send {"instances": [...]}', field="body")
+    try:
+        # NaN and Infinity parse to floats here, so that the field rules name them.
+        document = json.loads(text)
+    except ValueError as err:
+        detail = (
+            f": {err.msg} at position {err.pos}" if isinstance(err, json.JSONDecodeError) else ""
+        )
+        raise BadRequest(f"the request body is not valid JSON{detail}", field="body") from err
+    if not isinstance(document, dict):
+        raise BadRequest(
+            f'the request body must be a JSON object {{"instances": [...]}}, '
+            f"not {_json_type(document)}",
+            field="body",
+        )
+    unknown = sorted(str(k) for k in document if k != "instances")
+    if unknown:
+        raise BadRequest(
+            f"unknown field {unknown[0]!r}; the body has one field, 'instances'",
+            field=unknown[0],
+        )
+    if "instances" not in document:
+        raise BadRequest("missing field 'instances'", field="instances")
+    instances = document["instances"]
+    if not isinstance(instances, list):
+        raise BadRequest(
+            f"'instances' must be a list of objects, not {_json_type(instances)}",
+            field="instances",
+        )
+    if not instances:
+        raise BadRequest("'instances' is empty; send at least one house", field="instances")
+    if len(instances) > MAX_ROWS:
+        raise _too_many_rows(len(instances), "instances")
+    rows = []
+    for index, instance in enumerate(instances):
+        where = f"instances[{index}]"
+        if not isinstance(instance, dict):
+            raise BadRequest(
+                f"{where} must be an object of {', '.join(FEATURES)}, not {_json_type(instance)}",
+                field=where,
+            )
+        try:
+            encoded = encode_record(instance)
+        except InvalidRecord as err:
+            raise BadRequest(f"{where}: {err.message}", field=f"{where}.{err.field}") from err
+        rows.append(_canonical(encoded))
+    return rows
+
+
+def _csv_rows(text: str) -> list[list[str]]:
+    lines = [
+        (number, cells)
+        for number, cells in _read_csv(text.lstrip("\ufeff"))
+        if any(cell.strip() for cell in cells)
+    ]
+    if not lines:
+        raise BadRequest(
+            f"the CSV body has no rows; send one line per house: {', '.join(FEATURES)}",
+            field="body",
+        )
+    header = _header(lines[0][1])
+    if header is not None:
+        lines = lines[1:]
+        if not lines:
+            raise BadRequest("the CSV body has a header but no rows", field="body")
+    if len(lines) > MAX_ROWS:
+        raise _too_many_rows(len(lines), "body")
+    rows = []
+    for index, (number, cells) in enumerate(lines):
+        where = f"rows[{index}]"
+        try:
+            if header is None:
+                encoded = encode_values(cells)
+            else:
+                if len(cells) != len(header):
+                    raise InvalidRecord(
+                        f"expected {len(header)} values (as the header), got {len(cells)}",
+                        field="features",
+                    )
+                encoded = encode_record(dict(zip(header, cells)))
+        except InvalidRecord as err:
+            field_name = where if err.field in (None, "features") else f"{where}.{err.field}"
+            raise BadRequest(f"line {number}: {err.message}", field=field_name) from err
+        rows.append(_canonical(encoded))
+    return rows
+
+
+def _read_csv(text: str) -> list[tuple[int, list[str]]]:
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        return [(reader.line_num, cells) for cells in reader]
+    except csv.Error as err:
+        raise BadRequest(
+            f"line {reader.line_num}: the CSV cannot be read: {err}", field="body"
+        ) from err
+
+
+def _header(cells: Sequence[str]) -> list[str] | None:
+    """Return the column names when ``cells`` is a header row, else None."""
+    names = [cell.strip().upper() for cell in cells]
+    known = set(FEATURES) | {"PRICE"}
+    if not any(name in known for name in names):
+        return None
+    unknown = [cells[i] for i, name in enumerate(names) if name not in known]
+    if unknown:
+        raise BadRequest(
+            f"the CSV header names an unknown column {unknown[0].strip()!r}; "
+            f"expected {', '.join(FEATURES)}",
+            field="header",
+        )
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        raise BadRequest(f"the CSV header repeats column {duplicated[0]}", field="header")
+    return names
+
+
+def _canonical(encoded: Sequence[float]) -> list[str]:
+    """Write encoded features back as the eight raw values the endpoint reads.
+
+    The encoding (:data:`~citymodels.schema.ENCODED_FEATURES`) is the six numbers as
+    they are, then one (y, n) one-hot pair per flag.
+    """
+    count = len(NUMERIC_FEATURES)
+    values = [_number(v) for v in encoded[:count]]
+    width = len(FLAG_VOCABULARY)
+    for i in range(len(FLAG_FEATURES)):
+        pair = list(encoded[count + i * width : count + (i + 1) * width])
+        values.append(FLAG_VOCABULARY[pair.index(1.0)])
+    return values
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return "a number"
+    return names.get(type(value), type(value).__name__)
+
+
+def rows_to_csv(rows: Sequence[Sequence[str]]) -> str:
+    """Return canonical rows as the CSV body InvokeEndpoint takes (no header)."""
+    return "".join(",".join(row) + "\n" for row in rows)
+
+
+def prediction_request_schema() -> dict[str, Any]:
+    """Return the OpenAPI ``requestBody`` of ``POST /cities/{city}/predictions``.
+
+    Generated from :data:`~citymodels.schema.FIELD_RULES`, the rules the API enforces.
+    """
+    properties: dict[str, Any] = {}
+    for column in NUMERIC_FEATURES:
+        rule = FIELD_RULES[column]
+        schema: dict[str, Any] = {
+            "type": "integer" if rule.whole else "number",
+            "maximum": rule.maximum,
+            "description": rule.describe(),
+        }
+        schema["exclusiveMinimum" if rule.exclusive_minimum else "minimum"] = rule.minimum
+        properties[column] = schema
+    for flag in FLAG_FEATURES:
+        properties[flag] = {
+            "type": "string",
+            "enum": [*FLAG_VOCABULARY, *(v.upper() for v in FLAG_VOCABULARY)],
+            "description": "'y' or 'n' (any case)",
+        }
+    example = {
+        "YEAR_BUILT": 1995,
+        "SQUARE_FEET": 2100.5,
+        "NUM_BEDROOMS": 3,
+        "NUM_BATHROOMS": 2.5,
+        "LOT_ACRES": 0.8,
+        "GARAGE_SPACES": 2,
+        "FRONT_PORCH": "y",
+        "DECK": "n",
+    }
+    return {
+        "required": True,
+        "description": (
+            f"Houses to price: at most {MAX_ROWS:,} rows and {MAX_BODY_BYTES:,} bytes. "
+            "Errors name the row and field, e.g. instances[3].SQUARE_FEET."
+        ),
+        "content": {
+            JSON: {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "instances": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": MAX_ROWS,
+                            "items": {
+                                "type": "object",
+                                "properties": properties,
+                                "required": list(FEATURES),
+                                "additionalProperties": False,
+                            },
+                        }
+                    },
+                    "required": ["instances"],
+                    "additionalProperties": False,
+                },
+                "example": {"instances": [example]},
+            },
+            CSV: {
+                "schema": {
+                    "type": "string",
+                    "description": (
+                        f"One house per line: {', '.join(FEATURES)} (no PRICE); "
+                        "an optional header row naming the columns in any order."
+                    ),
+                },
+                "example": ",".join(str(example[c]) for c in FEATURES) + "\n",
+            },
+        },
+    }
+
+
+CITY_PATH_DESCRIPTION = "The city id: a letter, then up to 63 letters, digits, '_' or '-'."
+CITY_ID_REGEX = f"^{CITY_ID_PATTERN.pattern}$"
+"""The city id's pattern as a JSON Schema ``pattern`` (for the OpenAPI document)."""
+
+
+# -- the operations ------------------------------------------------------------------
+
+
+class CityApi:
+    """The HTTP API's operations.
+
+    Parameters
+    ----------
+    registry
+        Returns the registry; called once, on first use (so that a route that needs no
+        registry creates no DynamoDB client).
+    endpoint
+        Returns the endpoint client; called once, on the first prediction.
+    alias_cache_seconds
+        How long an alias lookup is reused (``ALIAS_CACHE_SECONDS``).
+    deadline_seconds
+        Time budget for a prediction, retries on a loading model included
+        (``API_DEADLINE_SECONDS``).
+    clock
+        Monotonic seconds for the alias cache; injectable for tests.
+    """
+
+    def __init__(
+        self,
+        registry: Callable[[], Registry],
+        endpoint: Callable[[], EndpointClient],
+        *,
+        alias_cache_seconds: float,
+        deadline_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._registry_factory = registry
+        self._endpoint_factory = endpoint
+        self._registry: Registry | None = None
+        self._endpoint: EndpointClient | None = None
+        self._aliases: AliasCache | None = None
+        self._alias_cache_seconds = alias_cache_seconds
+        self.deadline_seconds = deadline_seconds
+        self._clock = clock
+
+    @property
+    def registry(self) -> Registry:
+        """The registry (created on first use)."""
+        if self._registry is None:
+            self._registry = self._registry_factory()
+        return self._registry
+
+    @property
+    def endpoint(self) -> EndpointClient:
+        """The endpoint client (created on first use)."""
+        if self._endpoint is None:
+            self._endpoint = self._endpoint_factory()
+        return self._endpoint
+
+    @property
+    def aliases(self) -> AliasCache:
+        """The alias cache (created on first use)."""
+        if self._aliases is None:
+            self._aliases = AliasCache(self.registry, self._alias_cache_seconds, self._clock)
+        return self._aliases
+
+    def list_cities(self, caller: Caller) -> CityList:
+        """Return the cities ``caller`` may see, with their current version and metrics."""
+        return CityList(
+            cities=[
+                city_summary(city)
+                for city in self.registry.list_cities()
+                if caller.may_see(city.city)
+            ]
+        )
+
+    def get_city(self, caller: Caller, city: str) -> CityDetail:
+        """Return a city's alias, published versions and uploads.
+
+        Raises
+        ------
+        InvalidCityId, Forbidden, UnknownCity
+        """
+        validate_city_id(city)
+        caller.require_city(city)
+        record = self.registry.get_city(city)
+        return city_detail(record, self.registry.list_runs(city))
+
+    def predict(
+        self,
+        caller: Caller,
+        city: str,
+        body: RequestBody,
+        *,
+        time_left_seconds: float | None = None,
+    ) -> PredictionOutcome:
+        """Price the houses in ``body`` with the city's current model.
+
+        Parameters
+        ----------
+        time_left_seconds
+            The invocation's remaining time; the deadline is shortened to fit it.
+
+        Raises
+        ------
+        InvalidCityId, Forbidden, BadRequest, PayloadTooLarge, UnsupportedMediaType,
+        UnknownCity, NoModelServing, ModelNotReady, ModelFailed, ModelMissing
+            See the module docstring for their HTTP statuses.
+        """
+        validate_city_id(city)
+        caller.require_city(city)
+        rows = parse_prediction_rows(body)
+        version = self.aliases.serving_version(city)
+        deadline = self.deadline_seconds
+        if time_left_seconds is not None:
+            deadline = max(0.0, min(deadline, time_left_seconds - DEADLINE_MARGIN_SECONDS))
+        started = time.perf_counter()
+        prices = self.endpoint.invoke_csv(
+            target_model(city, version), rows_to_csv(rows), deadline_seconds=deadline
+        )
+        latency_ms = (time.perf_counter() - started) * 1000
+        if len(prices) != len(rows) or not all(math.isfinite(p) for p in prices):
+            raise ModelFailed(
+                f"model {target_model(city, version)} answered {len(prices)} predictions "
+                f"for {len(rows)} rows, or a non-finite price"
+            )
+        return PredictionOutcome(
+            response=PredictionResponse(
+                city=city, model_version=version, predictions=[Price(price=p) for p in prices]
+            ),
+            rows=len(rows),
+            latency_ms=latency_ms,
+        )
+
+    def rollback(self, caller: Caller, city: str, version: object) -> CitySummary:
+        """Pin the city's alias to an earlier published version (admin keys only).
+
+        An admin key may roll back any city, as the authorizer's policy allows
+        (:func:`citymodels.auth.authorizer_policy`).
+
+        Raises
+        ------
+        InvalidCityId, Forbidden, InvalidVersion, UnknownCity
+            As for the other routes.
+        UnknownRun, NotPublishable
+            The version does not exist for the city, or was never published (409).
+        """
+        validate_city_id(city)
+        caller.require_admin()
+        if not isinstance(version, str):
+            raise BadRequest("'version' must be a string", field="version")
+        self.registry.get_city(city)
+        moved = self.registry.rollback(city, version)
+        self.aliases.invalidate(city)
+        return city_summary(moved)
+
+
+# -- the authorizer ------------------------------------------------------------------
+
+
+def bearer_secret(header: str | None) -> str:
+    """Return the key in an ``Authorization: Bearer <key>`` header.
+
+    Raises
+    ------
+    Unauthorized
+        The header is missing or not ``Bearer`` followed by one token.
+    """
+    if not header:
+        raise Unauthorized("no Authorization header")
+    scheme, _, secret = header.strip().partition(" ")
+    secret = secret.strip()
+    if scheme.lower() != "bearer" or not secret or " " in secret:
+        raise Unauthorized("Authorization header is not 'Bearer <key>'")
+    return secret
+
+
+def authorize(registry: Registry, header: str | None, method_arn: str) -> dict[str, Any]:
+    """Return the REQUEST authorizer's answer for an ``Authorization`` header.
+
+    The policy covers everything the key may do (:func:`citymodels.auth.authorizer_policy`),
+    not only ``method_arn``: API Gateway caches it by the header and reuses it for every
+    route the key calls within the cache's TTL.
+
+    Raises
+    ------
+    Unauthorized
+        Missing or malformed header, unknown or revoked key (API Gateway answers 401).
+    """
+    key = registry.key_for_secret(bearer_secret(header))
+    if key is None:
+        raise Unauthorized("unknown or revoked API key")
+    return authorizer_policy(
+        method_arn, principal_id=key.key_id, patterns=key.cities, admin=key.admin
+    )

@@ -1,0 +1,1 @@
+"""Repository tools: generators and checks run by the Makefile (not shipped to Lambda)."""
