@@ -1223,6 +1223,7 @@ def _add_local_commands(commands: Any) -> None:
 def _explain(err: BaseException) -> tuple[int, str] | None:
     """Return ``(exit status, one line)`` for an error a person can act on, else None."""
     from citymodels.errors import CityModelsError
+
     local_run = sys.modules.get("citymodels_devkit.local.run")
     if local_run is not None and isinstance(err, local_run.LocalStackError):
         return 1, str(err)

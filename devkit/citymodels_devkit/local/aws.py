@@ -1,0 +1,650 @@
+"""The local stack's single AWS endpoint: one port for every AWS API the application uses.
+
+:func:`build_aws_app` returns an ASGI application that routes each request:
+
+- ``POST /endpoints/{name}/invocations`` (SageMaker Runtime ``InvokeEndpoint``) goes
+  to the endpoint object registered for ``{name}`` (the local multi-model endpoint),
+  natively in ASGI: the hot path. An endpoint that can answer without blocking (a
+  model already in memory) is called on the event loop; anything else runs in a
+  thread pool. An unknown endpoint gets SageMaker's ``ValidationError``.
+- The SageMaker job operations (``X-Amz-Target: SageMaker.CreateProcessingJob``...,
+  :data:`~.jobs.OPERATIONS`) go to the :class:`~.jobs.JobService`, which runs the jobs
+  and emits their state-change events; ``ListTags`` of its jobs too.
+- Everything else goes to moto, in-process: ``DomainDispatcherApplication(
+  create_backend_app)`` under a2wsgi's ``WSGIMiddleware`` (a thread pool), with the
+  request as it arrived (headers, raw path, query, body).
+- S3 writes that create an object on a bucket registered for events
+  (``PutObject``, ``CopyObject``, ``CompleteMultipartUpload``, ``POST Object``) are
+  followed, once moto answered 2xx, by an AWS-shaped ``Object Created`` event on
+  the default event bus (:mod:`.s3events`).
+
+:class:`LocalAwsServer` serves such an app with uvicorn (httptools, asyncio loop) in a
+background thread.
+
+The endpoint objects follow a small protocol (:class:`Endpoint`): ``invoke(target_model,
+body, content_type, accept)`` returns the response: an object with a ``render()`` giving
+``(status, headers, body)`` (the local MME's ``InvokeResult``), such a tuple, or an
+object with those attributes. Optionally
+``invoke_nowait(...)`` (same arguments) answers at once or returns None when it would
+have to wait (load a model), and ``is_loaded(target_model)`` says whether a call would
+be answered from memory; either lets a warm call skip the thread hop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Final, Protocol, cast
+
+from citymodels_devkit.local.jobs import OPERATIONS, JobService, SageMakerError
+from citymodels_devkit.local.s3events import (
+    DEFAULT_ACCOUNT_ID,
+    DEFAULT_REGION,
+    POST_OBJECT,
+    EventBus,
+    MotoEventBus,
+    S3EventEmitter,
+    classify_s3_write,
+)
+
+__all__ = [
+    "AwsApp",
+    "Endpoint",
+    "LocalAwsServer",
+    "build_aws_app",
+]
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+WSGIApp = Callable[..., Any]
+
+DEFAULT_PORT: Final = 4566
+_INVOCATIONS_PREFIX: Final = "/endpoints/"
+_INVOCATIONS_SUFFIX: Final = "/invocations"
+_JSON_11: Final = b"application/x-amz-json-1.1"
+
+
+class Endpoint(Protocol):
+    """What ``POST /endpoints/{name}/invocations`` is handed to.
+
+    ``invoke`` gets the ``X-Amzn-SageMaker-Target-Model``, the body, ``Content-Type``
+    and ``Accept`` (``""`` for a header not sent) and returns the response: an object
+    with ``render() -> (status, headers, body)`` (``headers`` as ASGI wants them:
+    lower-case ``bytes`` pairs), or a ``(status, headers, body)`` tuple, or an object
+    with ``status``, ``headers`` and ``body`` attributes (``headers`` a mapping or
+    ``(name, value)`` pairs of ``str``).
+    """
+
+    def invoke(self, target_model: str, body: bytes, content_type: str, accept: str) -> Any:
+        """Answer one invocation."""
+
+
+@dataclass(frozen=True)
+class _Registered:
+    endpoint: Endpoint
+    invoke_nowait: Callable[[str, bytes, str, str], Any] | None
+    is_loaded: Callable[[str], bool] | None
+
+
+def _render(result: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Turn an endpoint's answer into ASGI status, headers and body."""
+    render = getattr(result, "render", None)
+    if render is not None:
+        status, raw, body = render()
+        return int(status), list(raw), bytes(body)
+    if isinstance(result, tuple) and len(result) == 3:
+        status, headers, body = result
+    else:
+        status, headers, body = result.status, result.headers, result.body
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    raw = [
+        (
+            k.lower() if isinstance(k, bytes) else str(k).lower().encode("latin-1"),
+            v if isinstance(v, bytes) else str(v).encode("latin-1"),
+        )
+        for k, v in pairs
+    ]
+    if not any(k == b"content-length" for k, _ in raw):
+        raw.append((b"content-length", str(len(body)).encode()))
+    return int(status), raw, bytes(body)
+
+
+async def _read_body(receive: Receive) -> bytes:
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    chunks = [body]
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives ``body`` once, then defers to the real one (disconnect)."""
+    given = False
+
+    async def replay() -> Message:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _respond(
+    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _json_headers(body: bytes, content_type: bytes = _JSON_11) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-amzn-requestid", str(uuid.uuid4()).encode()),
+    ]
+
+
+class _MotoEnviron:
+    """Completes a2wsgi's WSGI environ the way moto's own server builds it.
+
+    moto matches S3 keys against the raw, still percent-encoded path (``RAW_URI``),
+    keeps the spelling of ``x-amz-meta-*`` headers with underscores, and reads a body
+    sent without ``Content-Length`` (chunked; uvicorn has de-chunked it) only when
+    the input is marked terminated.
+    """
+
+    def __init__(self, app: WSGIApp) -> None:
+        from moto.core.request import (
+            PRESERVED_HEADER_NAMES_ENVIRON_KEY,
+            environ_key_for_header,
+            should_preserve_original_header_name,
+        )
+
+        self.app = app
+        # moto's DynamoDB updates items in place and checks conditions without a lock:
+        # concurrent requests could read half-written items or both pass one
+        # conditional write. DynamoDB is atomic per item, so its calls are serialised.
+        self._dynamodb = threading.Lock()
+        self._preserved_key = PRESERVED_HEADER_NAMES_ENVIRON_KEY
+        self._environ_key = environ_key_for_header
+        self._preserve = should_preserve_original_header_name
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        scope = environ.get("asgi.scope")
+        if scope is not None:
+            raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
+            query = scope.get("query_string", b"")
+            uri = raw_path + (b"?" + query if query else b"")
+            environ["RAW_URI"] = environ["REQUEST_URI"] = uri.decode("latin-1")
+            names = {}
+            for name, _value in scope["headers"]:
+                text = name.decode("latin-1")
+                if self._preserve(text):
+                    names[self._environ_key(text)] = text
+            if names:
+                environ[self._preserved_key] = names
+        if "CONTENT_LENGTH" not in environ:
+            environ["wsgi.input_terminated"] = True
+        if environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB_"):
+            with self._dynamodb:
+                return list(self.app(environ, start_response))
+        return self.app(environ, start_response)
+
+
+class AwsApp:
+    """The front ASGI application (build it with :func:`build_aws_app`).
+
+    Attributes
+    ----------
+    jobs
+        The SageMaker job service.
+    s3_events
+        The ``Object Created`` emitter; :meth:`S3EventEmitter.enable` a bucket to
+        get events for it.
+    """
+
+    def __init__(
+        self,
+        *,
+        moto_app: WSGIApp,
+        jobs: JobService,
+        s3_events: S3EventEmitter,
+        endpoints: Mapping[str, Endpoint] | None = None,
+        account_id: str = DEFAULT_ACCOUNT_ID,
+        wsgi_workers: int = 16,
+        invoke_threads: int = 16,
+    ) -> None:
+        from a2wsgi import WSGIMiddleware
+
+        self.jobs = jobs
+        self.s3_events = s3_events
+        self.account_id = account_id
+        # a2wsgi's precise ASGI/WSGI types; this module uses plain mappings.
+        self._moto: Any = WSGIMiddleware(cast(Any, _MotoEnviron(moto_app)), workers=wsgi_workers)
+        self._endpoints: dict[str, _Registered] = {}
+        self._invoke_pool = ThreadPoolExecutor(invoke_threads, thread_name_prefix="invoke")
+        self._control_pool = ThreadPoolExecutor(4, thread_name_prefix="aws-control")
+        for name, endpoint in (endpoints or {}).items():
+            self.register_endpoint(name, endpoint)
+
+    # -- configuration
+
+    def register_endpoint(self, name: str, endpoint: Endpoint) -> None:
+        """Serve ``POST /endpoints/{name}/invocations`` with ``endpoint``."""
+        self._endpoints[name] = _Registered(
+            endpoint,
+            getattr(endpoint, "invoke_nowait", None),
+            getattr(endpoint, "is_loaded", None),
+        )
+
+    def unregister_endpoint(self, name: str) -> None:
+        """Stop serving endpoint ``name`` (it answers ValidationError again)."""
+        self._endpoints.pop(name, None)
+
+    @property
+    def endpoint_names(self) -> frozenset[str]:
+        """The endpoints served."""
+        return frozenset(self._endpoints)
+
+    def attach(self, url: str) -> None:
+        """Called once the server listens at ``url``: start the job workers."""
+        self.jobs.start(url)
+
+    def close(self) -> None:
+        """Stop the job workers and the thread pools."""
+        self.jobs.close()
+        self._invoke_pool.shutdown(wait=False, cancel_futures=True)
+        self._control_pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- ASGI
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Route one request (see the module's documentation)."""
+        kind = scope["type"]
+        if kind != "http":
+            if kind == "lifespan":
+                await self._lifespan(receive, send)
+            return
+        method = scope["method"]
+        path = scope["path"]
+        if (
+            method == "POST"
+            and path.startswith(_INVOCATIONS_PREFIX)
+            and path.endswith(_INVOCATIONS_SUFFIX)
+            and await self._invocation(scope, receive, send, path)
+        ):
+            return
+        target = None
+        for name, value in scope["headers"]:
+            if name == b"x-amz-target":
+                target = value
+                break
+        if target is not None and target.startswith(b"SageMaker."):
+            operation = target[len(b"SageMaker.") :].decode("latin-1")
+            if operation in OPERATIONS:
+                await self._job_operation(operation, receive, send)
+                return
+            if operation == "ListTags":
+                body = await _read_body(receive)
+                if await self._job_tags(body, send):
+                    return
+                receive = _replay(body, receive)
+        elif target is None and method in ("PUT", "POST") and self.s3_events.active:
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            query = scope.get("query_string", b"").decode("latin-1")
+            write = classify_s3_write(method, path, query, headers)
+            if write is not None and self.s3_events.watches(write.bucket):
+                await self._s3_write(scope, receive, send, write, headers)
+                return
+        await self._moto(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- InvokeEndpoint: the hot path
+
+    async def _invocation(self, scope: Scope, receive: Receive, send: Send, path: str) -> bool:
+        """Serve an invocation; return False if the request is S3's after all."""
+        target_model = content_type = accept = ""
+        for key, value in scope["headers"]:
+            if key == b"x-amzn-sagemaker-target-model":
+                target_model = value.decode("utf-8")
+            elif key == b"content-type":
+                content_type = value.decode("latin-1")
+            elif key == b"accept":
+                accept = value.decode("latin-1")
+            elif key == b"authorization" and b"/s3/aws4_request" in value:
+                return False  # PUT/POST on bucket "endpoints": moto's
+        name = path[len(_INVOCATIONS_PREFIX) : -len(_INVOCATIONS_SUFFIX)]
+        body = await _read_body(receive)
+        registered = self._endpoints.get(name)
+        if registered is None:
+            message = f"Endpoint {name} of account {self.account_id} not found."
+            await self._runtime_error(send, 400, "ValidationError", message)
+            return True
+        endpoint = registered.endpoint
+        try:
+            result = None
+            if registered.invoke_nowait is not None:
+                result = registered.invoke_nowait(target_model, body, content_type, accept)
+            elif registered.is_loaded is not None and registered.is_loaded(target_model):
+                result = endpoint.invoke(target_model, body, content_type, accept)
+            if result is None:
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(
+                    self._invoke_pool,
+                    partial(endpoint.invoke, target_model, body, content_type, accept),
+                )
+            status, headers, payload = _render(result)
+        except Exception as error:
+            logger.exception("endpoint %s failed", name)
+            await self._runtime_error(send, 500, "InternalFailure", f"{type(error).__name__}")
+            return True
+        await _respond(send, status, headers, payload)
+        return True
+
+    @staticmethod
+    async def _runtime_error(send: Send, status: int, code: str, message: str) -> None:
+        # SageMaker Runtime is a REST-JSON service: botocore reads the code from the
+        # x-amzn-ErrorType header and the message from the body.
+        body = json.dumps({"ErrorCode": code, "Message": message}).encode()
+        headers = [*_json_headers(body, b"application/json"), (b"x-amzn-errortype", code.encode())]
+        await _respond(send, status, headers, body)
+
+    # -- SageMaker jobs
+
+    async def _job_operation(self, operation: str, receive: Receive, send: Send) -> None:
+        body = await _read_body(receive)
+        status = 200
+        try:
+            request = json.loads(body or b"{}")
+            if not isinstance(request, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            answer: dict[str, Any] = {
+                "__type": "SerializationException",
+                "Message": "the request body is not a JSON object",
+            }
+            status = 400
+        else:
+            loop = asyncio.get_running_loop()
+            try:
+                answer = await loop.run_in_executor(
+                    self._control_pool, self.jobs.handle, operation, request
+                )
+            except SageMakerError as error:
+                status, answer = error.status, error.to_json()
+            except Exception as error:
+                logger.exception("SageMaker.%s failed", operation)
+                status = 500
+                answer = {"__type": "InternalFailure", "Message": f"{type(error).__name__}"}
+        payload = json.dumps(answer).encode()
+        await _respond(send, status, _json_headers(payload), payload)
+
+    async def _job_tags(self, body: bytes, send: Send) -> bool:
+        try:
+            arn = json.loads(body or b"{}").get("ResourceArn", "")
+        except (ValueError, AttributeError):
+            return False
+        if not isinstance(arn, str) or not self.jobs.owns(arn):
+            return False
+        payload = json.dumps(self.jobs.list_tags(arn)).encode()
+        await _respond(send, 200, _json_headers(payload), payload)
+        return True
+
+    # -- S3 writes with events
+
+    async def _s3_write(
+        self, scope: Scope, receive: Receive, send: Send, write: Any, headers: Mapping[str, str]
+    ) -> None:
+        form: bytes | None = None
+        if write.reason == POST_OBJECT:
+            form = await _read_body(receive)
+            receive = _replay(form, receive)
+        answer: dict[str, Any] = {}
+        content_type = headers.get("content-type", "")
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
+                response = {k.decode("latin-1"): v.decode("latin-1") for k, v in message["headers"]}
+                # Read now, before the client has its answer (and can write the key
+                # again), with a sequencer in the order moto answered the writes.
+                observed = self.s3_events.observe(
+                    write, response, request_body=form, request_content_type=content_type
+                )
+                if observed is not None:
+                    answer["write"], answer["stored"] = observed
+                    answer["headers"] = response
+                    answer["sequencer"] = self.s3_events.sequencer.next()
+            await send(message)
+
+        await self._moto(scope, receive, capture)
+        if "stored" not in answer:
+            return
+        client = scope.get("client") or ("127.0.0.1", 0)
+        emit = partial(
+            self.s3_events.emit,
+            answer["write"],
+            answer["headers"],
+            source_ip=client[0],
+            stored=answer["stored"],
+            sequencer=answer["sequencer"],
+        )
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._control_pool, emit)
+        except Exception:  # the write succeeded; a lost event is logged, not raised
+            logger.exception("could not emit the Object Created event of %s", write)
+
+
+def build_aws_app(
+    *,
+    endpoints: Mapping[str, Endpoint] | None = None,
+    event_buckets: Iterable[str] = (),
+    jobs: JobService | None = None,
+    events: EventBus | None = None,
+    max_job_workers: int = 2,
+    max_active_jobs: int | None = None,
+    account_id: str = DEFAULT_ACCOUNT_ID,
+    region: str = DEFAULT_REGION,
+    wsgi_workers: int = 16,
+    invoke_threads: int = 16,
+) -> AwsApp:
+    """Build the local stack's AWS endpoint application.
+
+    Parameters
+    ----------
+    endpoints
+        Endpoint name → object serving its invocations (more with
+        :meth:`AwsApp.register_endpoint`).
+    event_buckets
+        Buckets whose object writes produce ``Object Created`` events (EventBridge
+        notifications on); more with ``app.s3_events.enable(bucket)``.
+    jobs
+        The SageMaker job service; by default one with ``max_job_workers`` workers
+        and ``max_active_jobs``, sending its events to ``events``.
+    events
+        The event bus (moto's default bus, in-process, by default).
+    account_id, region
+        The account and region the stack pretends to be (moto's default account).
+    wsgi_workers
+        Threads serving moto.
+    invoke_threads
+        Threads for invocations that may block (cold models).
+
+    Returns
+    -------
+    AwsApp
+        The ASGI application; serve it with :class:`LocalAwsServer`.
+    """
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    bus = events if events is not None else MotoEventBus(account_id, region)
+    if jobs is None:
+        jobs = JobService(
+            events=bus,
+            max_workers=max_job_workers,
+            max_active_jobs=max_active_jobs,
+            account_id=account_id,
+            region=region,
+        )
+    emitter = S3EventEmitter(bus, event_buckets, account_id=account_id, region=region)
+    return AwsApp(
+        moto_app=DomainDispatcherApplication(create_backend_app),
+        jobs=jobs,
+        s3_events=emitter,
+        endpoints=endpoints,
+        account_id=account_id,
+        wsgi_workers=wsgi_workers,
+        invoke_threads=invoke_threads,
+    )
+
+
+class LocalAwsServer:
+    """Serves an ASGI app with uvicorn (httptools, asyncio) in a background thread.
+
+    Parameters
+    ----------
+    app
+        The application (an :class:`AwsApp` is told its URL once listening, and
+        closed on :meth:`stop`).
+    host, port
+        Where to listen; port 0 picks a free port (see :attr:`port`).
+    startup_timeout
+        Seconds to wait for the server to accept connections.
+
+    Examples
+    --------
+    >>> with LocalAwsServer(build_aws_app(), port=0) as server:  # doctest: +SKIP
+    ...     boto3.client("s3", endpoint_url=server.url).list_buckets()
+    """
+
+    def __init__(
+        self,
+        app: Callable[..., Awaitable[None]],
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        *,
+        startup_timeout: float = 15.0,
+    ) -> None:
+        self.app = app
+        self.host = host
+        self._requested_port = port
+        self._port: int | None = None
+        self.startup_timeout = startup_timeout
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the ephemeral one if 0 was asked for)."""
+        if self._port is None:
+            raise RuntimeError("the server is not started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """``http://host:port``: what ``endpoint_url`` / ``AWS_ENDPOINT_URL`` take."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> LocalAwsServer:
+        """Start serving; return when the port accepts connections.
+
+        Raises
+        ------
+        OSError
+            The port cannot be bound.
+        RuntimeError
+            The server did not come up within ``startup_timeout``.
+        """
+        import uvicorn
+
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections
+        # only for sockets that say so, and without it Nagle's algorithm holds a
+        # response body written after its headers for the client's delayed ACK (~40 ms).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self._requested_port))
+        except OSError:
+            sock.close()
+            raise
+        self._port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            host=self.host,
+            port=self._port,
+            loop="asyncio",
+            http="httptools",
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            log_level="warning",
+            proxy_headers=False,
+            server_header=False,
+            timeout_graceful_shutdown=5,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [sock]},
+            name=f"local-aws-{self._port}",
+            daemon=True,
+        )
+        self._thread.start()
+        deadline = time.monotonic() + self.startup_timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the local AWS endpoint did not start on {self.url}")
+            time.sleep(0.01)
+        with socket.create_connection((self.host, self._port), timeout=self.startup_timeout):
+            pass
+        if isinstance(self.app, AwsApp):
+            self.app.attach(self.url)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving (open connections get a few seconds) and close an :class:`AwsApp`."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._server = self._thread = None
+        if isinstance(self.app, AwsApp):
+            self.app.close()
+
+    def __enter__(self) -> LocalAwsServer:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()

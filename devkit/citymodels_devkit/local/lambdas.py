@@ -1,0 +1,359 @@
+"""Running the template's Lambda functions in-process, and routing events to them.
+
+Handlers are the unchanged ``functions/<name>/app.py`` modules, imported once (their
+configuration is read at import, as in Lambda) with the environment the template gives
+them, and the standard ``AWS_ENDPOINT_URL`` pointing every boto3 client at the local
+stack. There is no ``if local:`` anywhere in handler code.
+
+Event routing follows the template: each EventBridge rule of a function becomes a real
+rule on moto's EventBridge with an SQS target (moto does the content filtering, with
+the rule's own pattern), and a poller delivers each matched event to the handler. A
+handler that raises is retried (``EventInvokeConfig.MaximumRetryAttempts``, with
+backoff), then a dead-letter record in Lambda's OnFailure format goes to the function's
+OnFailure queue — visible to ``citymodels status``. SQS event sources (the capacity
+retry queue) are polled and delivered in Lambda's SQS event format.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from citymodels_devkit.local.template import ACCOUNT_ID, REGION, Function, Stack
+
+log = logging.getLogger("citymodels.local")
+
+
+@dataclass
+class LambdaContext:
+    """What a handler reads from its Lambda context."""
+
+    function_name: str
+    timeout_seconds: int
+    memory_limit_in_mb: int = 512
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    log_group_name: str = ""
+    log_stream_name: str = "local"
+    function_version: str = "$LATEST"
+    _deadline: float = field(default=0.0, repr=False)
+
+    def __post_init__(self) -> None:
+        self._deadline = time.monotonic() + self.timeout_seconds
+        self.log_group_name = f"/aws/lambda/{self.function_name}"
+
+    @property
+    def invoked_function_arn(self) -> str:
+        return f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{self.function_name}"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+@dataclass
+class DeadLetter:
+    """An event a handler kept failing on, after its retries."""
+
+    function: str
+    event: Any
+    error: str
+    attempts: int
+    time: float
+
+
+class FunctionHost:
+    """Imports the stack's handlers and invokes them, one event per execution environment.
+
+    Like Lambda, an execution environment (one import of the handler module, with its
+    own module-level state: Powertools Logger keys, Metrics, the API resolver's current
+    event) handles one event at a time; concurrent events get further environments, up
+    to ``max_concurrency`` per function, created on demand.
+
+    Parameters
+    ----------
+    stack
+        The resolved template.
+    max_concurrency
+        Execution environments per function.
+    """
+
+    def __init__(self, stack: Stack, *, max_concurrency: int = 4) -> None:
+        self.stack = stack
+        self.max_concurrency = max_concurrency
+        self._idle: dict[str, list[Callable[[Any, Any], Any]]] = {}
+        self._created: dict[str, int] = {}
+        self._cond = threading.Condition()
+        self.cold_starts = 0
+
+    @staticmethod
+    def environment(stack: Stack) -> dict[str, str]:
+        """Return the union of the functions' environments (one process hosts them all).
+
+        Raises
+        ------
+        ValueError
+            When two functions give one variable different values: they could not
+            share a process, and silently picking one would be wrong.
+        """
+        merged: dict[str, str] = {}
+        owners: dict[str, str] = {}
+        for function in stack.functions.values():
+            for name, value in function.environment.items():
+                if name in merged and merged[name] != value:
+                    raise ValueError(
+                        f"{function.logical_id} and {owners[name]} set {name} differently "
+                        f"({value!r} vs {merged[name]!r}); the local stack runs them in one process"
+                    )
+                merged[name], owners[name] = value, function.logical_id
+        return merged
+
+    def warm(self, logical_id: str) -> None:
+        """Create one execution environment now (import the handler), so errors show early."""
+        self._release(logical_id, self._acquire(logical_id))
+
+    def _acquire(self, logical_id: str) -> Callable[[Any, Any], Any]:
+        with self._cond:
+            while True:
+                idle = self._idle.setdefault(logical_id, [])
+                if idle:
+                    return idle.pop()
+                if self._created.get(logical_id, 0) < self.max_concurrency:
+                    self._created[logical_id] = self._created.get(logical_id, 0) + 1
+                    number = self._created[logical_id]
+                    break
+                self._cond.wait()
+        try:
+            return self._import(self.stack.functions[logical_id], number)
+        except BaseException:
+            with self._cond:
+                self._created[logical_id] -= 1
+                self._cond.notify()
+            raise
+
+    def _release(self, logical_id: str, handler: Callable[[Any, Any], Any]) -> None:
+        with self._cond:
+            self._idle[logical_id].append(handler)
+            self._cond.notify()
+
+    def _import(self, function: Function, number: int) -> Callable[[Any, Any], Any]:
+        module_name, _, attribute = function.handler.rpartition(".")
+        path = function.code_dir / f"{module_name.replace('.', '/')}.py"
+        if not path.exists():
+            raise FileNotFoundError(f"{function.logical_id}: handler file {path} not found")
+        unique = f"citymodels_fn_{function.logical_id}_{number}"
+        spec = importlib.util.spec_from_file_location(unique, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {path}")
+        module: ModuleType = importlib.util.module_from_spec(spec)
+        sys.modules[unique] = module
+        code_dir = str(function.code_dir)
+        sys.path.insert(0, code_dir)  # a handler may import its sibling modules
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(code_dir)
+        handler = getattr(module, attribute, None)
+        if not callable(handler):
+            raise ImportError(f"{path} has no callable {attribute!r}")
+        self.cold_starts += 1
+        return handler  # type: ignore[no-any-return]
+
+    def invoke(self, logical_id: str, event: Any) -> Any:
+        """Invoke a function synchronously and return its result (exceptions propagate)."""
+        function = self.stack.functions[logical_id]
+        handler = self._acquire(logical_id)
+        try:
+            context = LambdaContext(
+                function_name=f"{self.stack.name}-{logical_id}", timeout_seconds=function.timeout
+            )
+            return handler(event, context)
+        finally:
+            self._release(logical_id, handler)
+
+
+class EventRouter:
+    """Delivers EventBridge-matched events and SQS messages to the handlers.
+
+    Parameters
+    ----------
+    stack
+        The resolved template.
+    host
+        Where the handlers run.
+    events, sqs
+        boto3 clients on the local AWS endpoint.
+    workers_per_function
+        How many events of one function are handled at once (Lambda's concurrency).
+    """
+
+    def __init__(
+        self,
+        stack: Stack,
+        host: FunctionHost,
+        events: Any,
+        sqs: Any,
+        *,
+        queue_urls: Mapping[str, str],
+        workers_per_function: int = 4,
+        retry_base_seconds: float = 0.2,
+    ) -> None:
+        self.stack = stack
+        self.host = host
+        self.events = events
+        self.sqs = sqs
+        self.queue_urls = dict(queue_urls)  # logical id -> URL
+        self.workers = workers_per_function
+        self.retry_base_seconds = retry_base_seconds
+        self.dead_letters: list[DeadLetter] = []
+        self.delivered = 0
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._inflight = 0
+        self._inflight_lock = threading.Lock()
+
+    def setup_rules(self) -> None:
+        """Create one moto rule + SQS target per EventBridge rule of the template."""
+        for rule in self.stack.rules:
+            name = f"{self.stack.name}-{rule.name}"[:64]
+            queue_url = self.sqs.create_queue(QueueName=f"{name}-target"[:80])["QueueUrl"]
+            queue_arn = self.sqs.get_queue_attributes(
+                QueueUrl=queue_url, AttributeNames=["QueueArn"]
+            )["Attributes"]["QueueArn"]
+            self.events.put_rule(Name=name, EventPattern=json.dumps(rule.pattern), State="ENABLED")
+            self.events.put_targets(Rule=name, Targets=[{"Id": "target", "Arn": queue_arn}])
+            self._spawn(f"rule {rule.name}", self._poll_rule, rule.function, queue_url)
+        for source in self.stack.queue_sources:
+            url = self.queue_urls[source.queue]
+            self._spawn(f"sqs {source.queue}", self._poll_sqs, source.function, url, source.queue)
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        for i in range(self.workers):
+            thread = threading.Thread(target=target, args=args, name=f"{name} #{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    @property
+    def busy(self) -> bool:
+        """Whether any event is being handled right now."""
+        return self._inflight > 0
+
+    def _track(self, delta: int) -> None:
+        with self._inflight_lock:
+            self._inflight += delta
+
+    def _poll_rule(self, function: str, queue_url: str) -> None:
+        while not self._stop.is_set():
+            try:
+                answer = self.sqs.receive_message(
+                    QueueUrl=queue_url, MaxNumberOfMessages=1, WaitTimeSeconds=1
+                )
+            except Exception:
+                if self._stop.wait(0.2):
+                    return
+                continue
+            for message in answer.get("Messages", []):
+                self._track(1)
+                try:
+                    event = json.loads(message["Body"])
+                    self._deliver(function, event)
+                    self.sqs.delete_message(
+                        QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"]
+                    )
+                finally:
+                    self._track(-1)
+
+    def _deliver(self, function: str, event: Any) -> None:
+        spec = self.stack.functions[function]
+        attempts = spec.max_retries + 1
+        error = ""
+        for attempt in range(1, attempts + 1):
+            try:
+                self.host.invoke(function, event)
+                self.delivered += 1
+                return
+            except Exception as err:
+                error = f"{type(err).__name__}: {err}"
+                log.warning("%s failed (attempt %d of %d): %s", function, attempt, attempts, error)
+                log.debug("%s", traceback.format_exc())
+                if attempt < attempts and not self._stop.wait(
+                    self.retry_base_seconds * 2 ** (attempt - 1)
+                ):
+                    continue
+                break
+        self._dead_letter(function, event, error, attempts)
+
+    def _dead_letter(self, function: str, event: Any, error: str, attempts: int) -> None:
+        self.dead_letters.append(DeadLetter(function, event, error, attempts, time.time()))
+        queue = self.stack.functions[function].on_failure_queue
+        if queue and queue in self.queue_urls:
+            record = {  # Lambda's OnFailure destination record
+                "version": "1.0",
+                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+                "requestContext": {
+                    "requestId": str(uuid.uuid4()),
+                    "functionArn": f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{self.stack.name}-{function}:$LATEST",
+                    "condition": "RetriesExhausted",
+                    "approximateInvokeCount": attempts,
+                },
+                "requestPayload": event,
+                "responseContext": {
+                    "statusCode": 200,
+                    "executedVersion": "$LATEST",
+                    "functionError": "Unhandled",
+                },
+                "responsePayload": {"errorMessage": error},
+            }
+            self.sqs.send_message(QueueUrl=self.queue_urls[queue], MessageBody=json.dumps(record))
+
+    def _poll_sqs(self, function: str, queue_url: str, queue: str) -> None:
+        queue_arn = f"arn:aws:sqs:{REGION}:{ACCOUNT_ID}:{queue_url.rsplit('/', 1)[-1]}"
+        while not self._stop.is_set():
+            try:
+                answer = self.sqs.receive_message(
+                    QueueUrl=queue_url,
+                    MaxNumberOfMessages=1,
+                    WaitTimeSeconds=1,
+                    AttributeNames=["All"],
+                )
+            except Exception:
+                if self._stop.wait(0.2):
+                    return
+                continue
+            for message in answer.get("Messages", []):
+                record = {
+                    "messageId": message["MessageId"],
+                    "receiptHandle": message["ReceiptHandle"],
+                    "body": message["Body"],
+                    "attributes": message.get("Attributes", {}),
+                    "messageAttributes": message.get("MessageAttributes", {}),
+                    "md5OfBody": message.get("MD5OfBody", ""),
+                    "eventSource": "aws:sqs",
+                    "eventSourceARN": queue_arn,
+                    "awsRegion": REGION,
+                }
+                self._track(1)
+                try:
+                    self.host.invoke(function, {"Records": [record]})
+                    self.delivered += 1
+                    self.sqs.delete_message(
+                        QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"]
+                    )
+                except Exception as err:
+                    log.warning("%s failed on an SQS message: %s", function, err)
+                finally:
+                    self._track(-1)
+
+    def stop(self) -> None:
+        """Stop polling and wait for the pollers."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)

@@ -1,0 +1,404 @@
+"""The local stack: the SAM application running unchanged on one machine.
+
+``LocalStack`` reads ``template.yaml`` and, with no AWS account and no Docker:
+
+1. serves one AWS endpoint (moto for what moto serves; SageMaker jobs that really run;
+   the multi-model endpoint; AWS-shaped S3 events) — :mod:`.aws`, :mod:`.jobs`,
+   :mod:`.mme`, :mod:`.s3events`;
+2. creates the template's bucket, table and queues there, and runs the deployment's
+   bootstrap (the processing code and the preprocessor artifact in S3);
+3. hosts the template's functions in-process with the template's environment and
+   ``AWS_ENDPOINT_URL`` set, routing events to them by the template's rules —
+   :mod:`.lambdas`;
+4. serves the template's REST API with its authorizer — :mod:`.apigw`;
+5. publishes the endpoint's CloudWatch metrics every second;
+6. prints and writes the stack outputs (design.md §3, plus ``AwsEndpointUrl`` and
+   ``AdminApiKey``).
+
+Tests start the same stack in-process (``tests/integration/conftest.py``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import boto3
+
+from citymodels_devkit.local.apigw import ApiGateway
+from citymodels_devkit.local.aws import LocalAwsServer, build_aws_app
+from citymodels_devkit.local.lambdas import EventRouter, FunctionHost
+from citymodels_devkit.local.mme import ModelArtifactMissing, MultiModelEndpoint
+from citymodels_devkit.local.template import ACCOUNT_ID, REGION, Stack, load_stack
+from citymodels_devkit.paths import REPO_ROOT
+
+log = logging.getLogger("citymodels.local")
+
+LOCAL_IMAGES = {
+    "SklearnImageUri": "local/sagemaker-scikit-learn:1.2-1-cpu-py3",
+    "LinearLearnerImageUri": "local/linear-learner:1",
+}
+"""Image URIs the local job service maps to local executors (any URI naming the
+framework works; these make it plain that nothing is pulled)."""
+
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
+
+
+@dataclass
+class LocalOptions:
+    """How the local stack runs.
+
+    Attributes
+    ----------
+    stack_name
+        Plays ``AWS::StackName`` (job names are ``cm-{stack}-...``).
+    host, aws_port, api_port
+        Where the AWS endpoint and the HTTP API listen (0: a free port).
+    parameter_overrides
+        Template parameters (image URIs default to local ones).
+    work_dir
+        Job directories, the endpoint's disk tier.
+    mme_max_models, mme_max_memory_mb
+        The endpoint's memory-tier bounds (None: unbounded).
+    instance_memory_mb, baseline_memory_mb, model_overhead_mb
+        For ``MemoryUtilization`` (see :class:`MultiModelEndpoint`).
+    load_wait_seconds
+        A request waiting longer on a loading model gets ModelNotReadyException.
+    load_delay_seconds
+        Test hook: slow every model load.
+    job_workers
+        Worker processes running SageMaker jobs.
+    function_concurrency
+        Execution environments per function.
+    metrics_period_seconds
+        How often the endpoint's metrics go to CloudWatch (AWS: 60 s).
+    """
+
+    stack_name: str = "citymodels-local"
+    host: str = "127.0.0.1"
+    aws_port: int = 4566
+    api_port: int = 3000
+    parameter_overrides: dict[str, str] = field(default_factory=dict)
+    work_dir: Path = Path(".citymodels/local")
+    mme_max_models: int | None = None
+    mme_max_memory_mb: float | None = None
+    instance_memory_mb: float = 16_384.0
+    baseline_memory_mb: float = 1_024.0
+    model_overhead_mb: float = 0.0
+    load_wait_seconds: float = 60.0
+    load_delay_seconds: float = 0.0
+    job_workers: int = 2
+    function_concurrency: int = 4
+    metrics_period_seconds: float = 1.0
+
+
+class LocalStack:
+    """Run the template's application locally.
+
+    Parameters
+    ----------
+    template
+        The SAM template (default: the repository's ``template.yaml``).
+    options
+        See :class:`LocalOptions`.
+    """
+
+    def __init__(self, template: Path | None = None, options: LocalOptions | None = None) -> None:
+        self.template = (template or REPO_ROOT / "template.yaml").resolve()
+        self.options = options or LocalOptions()
+        self.outputs: dict[str, str] = {}
+        self.stack: Stack | None = None
+        self.endpoint: MultiModelEndpoint | None = None
+        self.router: EventRouter | None = None
+        self.host: FunctionHost | None = None
+        self.api: ApiGateway | None = None
+        self._aws_server: LocalAwsServer | None = None
+        self._api_server: LocalAwsServer | None = None
+        self._saved_env: dict[str, str | None] = {}
+        self._stop = threading.Event()
+        self._metrics_thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> dict[str, str]:
+        """Start everything; return the stack outputs."""
+        opts = self.options
+        try:
+            self._set_env(
+                CREDENTIALS | {"AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION},
+                only_missing=True,
+            )
+            overrides = {**LOCAL_IMAGES, **opts.parameter_overrides}
+            # A first reading names the resources the AWS endpoint must know about.
+            probe = load_stack(
+                self.template, stack_name=opts.stack_name, parameter_overrides=overrides
+            )
+            event_buckets = [
+                spec["name"]
+                for spec in probe.buckets.values()
+                if (
+                    (spec.get("NotificationConfiguration") or {}).get("EventBridgeConfiguration")
+                    or {}
+                ).get("EventBridgeEnabled")
+                in (True, "true", "True")
+            ]
+            app = build_aws_app(event_buckets=event_buckets, max_job_workers=opts.job_workers)
+            self._aws_server = LocalAwsServer(app, opts.host, opts.aws_port).start()
+            aws_url = self._aws_server.url
+            self._set_env({"AWS_ENDPOINT_URL": aws_url})
+            clients = _Clients(aws_url)
+            self._create_resources(probe, clients)
+            published = self._bootstrap(probe, clients)
+            stack = load_stack(
+                self.template,
+                stack_name=opts.stack_name,
+                parameter_overrides=overrides,
+                aws_url=aws_url,
+                extra_attributes={"Bootstrap": published},
+            )
+            self.stack = stack
+            self.endpoint = self._make_endpoint(stack, clients)
+            app.register_endpoint(stack.endpoint_name, self.endpoint)
+
+            env = FunctionHost.environment(stack)
+            env.update({"POWERTOOLS_TRACE_DISABLED": "true", "AWS_ENDPOINT_URL": aws_url})
+            self._set_env(env)
+            self.host = FunctionHost(stack, max_concurrency=opts.function_concurrency)
+            for function in stack.functions:
+                if function != "BootstrapFunction":
+                    self.host.warm(function)
+            self.router = EventRouter(
+                stack,
+                self.host,
+                clients.events,
+                clients.sqs,
+                queue_urls={k: clients.queue_urls[k] for k in clients.queue_urls},
+                workers_per_function=opts.function_concurrency,
+            )
+            self.router.setup_rules()
+            self.api = ApiGateway(stack, self.host)
+            self._api_server = LocalAwsServer(self.api, opts.host, opts.api_port).start()
+            self._metrics_thread = threading.Thread(
+                target=self._publish_metrics,
+                args=(clients.cloudwatch,),
+                name="mme metrics",
+                daemon=True,
+            )
+            self._metrics_thread.start()
+            self.outputs = self._outputs(stack, clients)
+            return self.outputs
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop everything and restore the environment."""
+        self._stop.set()
+        if self.router is not None:
+            self.router.stop()
+        if self._metrics_thread is not None:
+            self._metrics_thread.join(timeout=5)
+        for server in (self._api_server, self._aws_server):
+            if server is not None:
+                server.stop()
+        if self.endpoint is not None:
+            self.endpoint.close()
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_env.clear()
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- pieces ----------------------------------------------------------------------
+
+    def _set_env(self, values: Mapping[str, str], *, only_missing: bool = False) -> None:
+        for name, value in values.items():
+            if only_missing and os.environ.get(name):
+                continue
+            self._saved_env.setdefault(name, os.environ.get(name))
+            os.environ[name] = value
+
+    def _create_resources(self, stack: Stack, clients: _Clients) -> None:
+        for spec in stack.buckets.values():
+            clients.s3.create_bucket(Bucket=spec["name"])
+            if (spec.get("VersioningConfiguration") or {}).get("Status") == "Enabled":
+                clients.s3.put_bucket_versioning(
+                    Bucket=spec["name"], VersioningConfiguration={"Status": "Enabled"}
+                )
+        for spec in stack.tables.values():
+            clients.dynamodb.create_table(
+                TableName=spec["name"],
+                KeySchema=spec["KeySchema"],
+                AttributeDefinitions=spec["AttributeDefinitions"],
+                BillingMode="PAY_PER_REQUEST",
+            )
+        for logical_id, spec in stack.queues.items():
+            attributes = {
+                k: str(spec[k])
+                for k in ("VisibilityTimeout", "MessageRetentionPeriod", "DelaySeconds")
+                if k in spec
+            }
+            url = clients.sqs.create_queue(QueueName=spec["name"], Attributes=attributes)[
+                "QueueUrl"
+            ]
+            clients.queue_urls[logical_id] = url
+
+    def _bootstrap(self, stack: Stack, clients: _Clients) -> dict[str, str]:
+        bootstrap = stack.functions.get("BootstrapFunction")
+        if bootstrap is None:
+            raise RuntimeError(
+                "the template has no BootstrapFunction: nothing creates the artifacts"
+            )
+        module = _load_module(bootstrap.code_dir / "artifacts.py", "citymodels_bootstrap_artifacts")
+        bucket = next(iter(stack.buckets.values()))["name"]
+        published = module.publish(clients.s3, bucket)
+        return dict(published.to_data())
+
+    def _make_endpoint(self, stack: Stack, clients: _Clients) -> MultiModelEndpoint:
+        opts = self.options
+        containers = stack.model_containers
+        mme = next((c for c in containers if c.get("Mode") == "MultiModel"), None)
+        preprocessor = next((c for c in containers if c.get("Mode") != "MultiModel"), None)
+        if mme is None or preprocessor is None:
+            raise RuntimeError("the template's Model must be [preprocessor, MultiModel container]")
+        bucket, prefix = _split_s3(str(mme["ModelDataUrl"]))
+        pre_bucket, pre_key = _split_s3(str(preprocessor["ModelDataUrl"]))
+        s3 = clients.s3
+
+        def fetch(target_model: str) -> bytes:
+            try:
+                return bytes(
+                    s3.get_object(Bucket=bucket, Key=f"{prefix}{target_model}")["Body"].read()
+                )
+            except s3.exceptions.NoSuchKey as err:
+                raise ModelArtifactMissing(f"s3://{bucket}/{prefix}{target_model}") from err
+
+        artifact = s3.get_object(Bucket=pre_bucket, Key=pre_key)["Body"].read()
+        cache_dir = opts.work_dir / "endpoint"
+        if cache_dir.exists():
+            shutil.rmtree(cache_dir)
+        return MultiModelEndpoint(
+            stack.endpoint_name,
+            fetch_model=fetch,
+            preprocessor_dir_or_artifact=artifact,
+            cache_dir=cache_dir,
+            max_models=opts.mme_max_models,
+            max_memory_mb=opts.mme_max_memory_mb,
+            instance_memory_mb=opts.instance_memory_mb,
+            baseline_memory_mb=opts.baseline_memory_mb,
+            model_overhead_mb=opts.model_overhead_mb,
+            load_wait_seconds=opts.load_wait_seconds,
+            load_delay_seconds=opts.load_delay_seconds,
+            container_hostnames=(
+                str(preprocessor.get("ContainerHostname", "preprocessor")),
+                str(mme.get("ContainerHostname", "model")),
+            ),
+        )
+
+    def _publish_metrics(self, cloudwatch: Any) -> None:
+        while not self._stop.wait(self.options.metrics_period_seconds):
+            endpoint = self.endpoint
+            if endpoint is None:
+                continue
+            try:
+                for batch in endpoint.drain_metrics():
+                    cloudwatch.put_metric_data(**batch)
+            except Exception as err:
+                log.debug("metrics not published: %s", err)
+
+    def _outputs(self, stack: Stack, clients: _Clients) -> dict[str, str]:
+        registry_table = stack.outputs.get("RegistryTable", "")
+        from citymodels.registry import Registry
+
+        secret, _ = Registry(registry_table, client=clients.dynamodb).create_key(
+            ["*"], admin=True, description="local stack admin key"
+        )
+        assert self._api_server is not None and self._aws_server is not None
+        outputs = dict(stack.outputs)
+        outputs["ApiUrl"] = f"{self._api_server.url}/{stack.api_stage}/"
+        outputs["AwsEndpointUrl"] = self._aws_server.url
+        outputs["AdminApiKey"] = secret
+        if "FailureQueue" in clients.queue_urls:
+            outputs.setdefault("FailureQueueUrl", clients.queue_urls["FailureQueue"])
+        return outputs
+
+    # -- helpers for tests, the demo and benchmarks -----------------------------------
+
+    def wait_idle(self, timeout: float = 60.0, settle: float = 0.3) -> None:
+        """Wait until no event is being handled and no job runs (for ``settle`` seconds)."""
+        deadline = time.monotonic() + timeout
+        quiet_since: float | None = None
+        while time.monotonic() < deadline:
+            busy = self.router is not None and self.router.busy
+            if not busy:
+                quiet_since = quiet_since or time.monotonic()
+                if time.monotonic() - quiet_since >= settle:
+                    return
+            else:
+                quiet_since = None
+            time.sleep(0.05)
+        raise TimeoutError(f"the local stack was still busy after {timeout} s")
+
+
+class _Clients:
+    """boto3 clients on the local AWS endpoint."""
+
+    def __init__(self, url: str) -> None:
+        from botocore.config import Config
+
+        session = boto3.session.Session(
+            aws_access_key_id="local", aws_secret_access_key="local", region_name=REGION
+        )
+        # Many pollers share these clients: size the connection pool for them.
+        config = Config(max_pool_connections=64, retries={"mode": "standard", "max_attempts": 3})
+        self.s3 = session.client("s3", endpoint_url=url, config=config)
+        self.dynamodb = session.client("dynamodb", endpoint_url=url, config=config)
+        self.sqs = session.client("sqs", endpoint_url=url, config=config)
+        self.events = session.client("events", endpoint_url=url, config=config)
+        self.cloudwatch = session.client("cloudwatch", endpoint_url=url, config=config)
+        self.queue_urls: dict[str, str] = {}
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://"):
+        raise RuntimeError(f"expected an s3:// URI, got {uri!r}")
+    bucket, _, key = uri[5:].partition("/")
+    return bucket, key
+
+
+def _load_module(path: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_outputs(outputs: Mapping[str, str], path: Path) -> None:
+    """Write the stack outputs as JSON (what the CLI's ``--outputs`` reads)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(outputs), indent=2) + "\n", encoding="utf-8")
+
+
+__all__ = ["ACCOUNT_ID", "LocalOptions", "LocalStack", "write_outputs"]
