@@ -12,13 +12,13 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import (
     S3EventBridgeNotificationEvent,
     event_source,
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from citymodels.handlers import report
 from citymodels.pipeline import (
     Pipeline,
     PipelineSettings,
@@ -74,9 +74,4 @@ def lambda_handler(event: S3EventBridgeNotificationEvent, context: LambdaContext
     )
     logger.append_keys(key=upload.key)
     outcome = pipeline.onboard(upload)
-    logger.append_keys(**outcome.correlation_ids())
-    tracer.put_annotation(key="action", value=outcome.action.value)
-    for name, value in outcome.metrics.items():
-        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
-    logger.info(outcome.message, action=outcome.action.value, status=outcome.status)
-    return outcome.to_dict()
+    return report(outcome, logger, tracer, metrics)

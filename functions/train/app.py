@@ -11,10 +11,10 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, event_source
+from aws_lambda_powertools.utilities.data_classes import event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from citymodels.handlers import ProcessingJobStateChange, report
 from citymodels.pipeline import Pipeline, PipelineSettings, TrainingJobConfig
 from citymodels.settings import env, env_json_object
 
@@ -47,20 +47,6 @@ pipeline = Pipeline(SETTINGS)
 """Built once per execution environment (its clients on first use); tests assign their own."""
 
 
-class ProcessingJobStateChange(EventBridgeEvent):
-    """A ``SageMaker Processing Job State Change`` event (its detail is DescribeProcessingJob's)."""
-
-    @property
-    def job_name(self) -> str:
-        """The processing job's name."""
-        return str(self.detail["ProcessingJobName"])
-
-    @property
-    def status(self) -> str:
-        """``InProgress``, ``Completed``, ``Failed``, ``Stopping`` or ``Stopped``."""
-        return str(self.detail["ProcessingJobStatus"])
-
-
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
@@ -69,9 +55,4 @@ def lambda_handler(event: ProcessingJobStateChange, context: LambdaContext) -> d
     """Handle one processing job state change; return the outcome."""
     logger.append_keys(job_name=event.job_name, job_status=event.status)
     outcome = pipeline.on_processing_state(event.job_name, event.status)
-    logger.append_keys(**outcome.correlation_ids())
-    tracer.put_annotation(key="action", value=outcome.action.value)
-    for name, value in outcome.metrics.items():
-        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
-    logger.info(outcome.message, action=outcome.action.value, status=outcome.status)
-    return outcome.to_dict()
+    return report(outcome, logger, tracer, metrics)
