@@ -44,7 +44,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote_plus
 
 __all__ = [
     "OBJECT_CREATED",
@@ -369,7 +369,10 @@ def object_created_event(
         The whole event; its ``detail`` is what :class:`S3EventEmitter` puts on the bus.
     """
     when = (time or datetime.now(UTC)).astimezone(UTC)
-    obj: dict[str, Any] = {"key": key, "size": size, "etag": etag.strip('"')}
+    # S3 URL-encodes object keys in its event notifications ("red flower.jpg" becomes
+    # "red+flower.jpg"); Powertools' S3 EventBridge data class decodes them accordingly.
+    encoded_key = quote_plus(key, safe="/")
+    obj: dict[str, Any] = {"key": encoded_key, "size": size, "etag": etag.strip('"')}
     if version_id:
         obj["version-id"] = version_id
     obj["sequencer"] = sequencer
