@@ -153,7 +153,14 @@ class LocalStack:
                 ).get("EventBridgeEnabled")
                 in (True, "true", "True")
             ]
-            app = build_aws_app(event_buckets=event_buckets, max_job_workers=opts.job_workers)
+            # Every event poller holds a moto thread during its long poll: size moto's
+            # pool for them plus the handlers' own calls, or calls queue behind polls.
+            pollers = (len(probe.rules) + len(probe.queue_sources)) * opts.function_concurrency
+            app = build_aws_app(
+                event_buckets=event_buckets,
+                max_job_workers=opts.job_workers,
+                wsgi_workers=pollers + 32,
+            )
             self._aws_server = LocalAwsServer(app, opts.host, opts.aws_port).start()
             aws_url = self._aws_server.url
             self._set_env({"AWS_ENDPOINT_URL": aws_url})
