@@ -1,11 +1,11 @@
 """The ``citymodels`` command line.
 
-``gen-data`` and ``demo`` run on this machine alone. The operator commands (``onboard``,
-``status``, ``predict``, ``models``, ``rollback``, ``remove``, ``keys``, ``access``,
-``images``, ``cleanup``) work on a stack, on AWS or the local stack, found through its
-outputs (:mod:`citymodels_devkit.stack`); what they do is in
-:mod:`citymodels_devkit.operations`, and this module only parses and renders: a table
-for a person, or JSON with ``--json``. ``docs/cli.md`` is the reference.
+``gen-data`` runs on this machine alone; ``demo`` starts its own local stack. The operator
+commands (``onboard``, ``status``, ``predict``, ``models``, ``rollback``, ``remove``,
+``keys``, ``access``, ``metrics``, ``images``, ``cleanup``) work on a stack, on AWS or the
+local stack, found through its outputs (:mod:`citymodels_devkit.stack`); what they do is
+in :mod:`citymodels_devkit.operations` (and :mod:`citymodels_devkit.metrics`), and this
+module only parses and renders: a table for a person, or JSON with ``--json``. ``docs/cli.md`` is the reference.
 
 Exit status: 0 done; 1 the operation ran but did not succeed (a run was not published,
 the API failed, a wait timed out); 2 a mistake to fix (a bad city id, an unknown
@@ -71,11 +71,20 @@ def _gen_data(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from citymodels_devkit.demo import run_demo
+    from citymodels_devkit.demo import DemoOptions, run_demo
 
-    return run_demo(
-        args.work_dir, cities=args.cities, rows=args.rows, seed=args.seed, noise=args.noise
+    run_demo(
+        DemoOptions(
+            work_dir=args.work_dir,
+            cities=args.cities,
+            rows=args.rows,
+            seed=args.seed,
+            noise=args.noise,
+            copies=args.copies,
+            keep_running=args.keep_running,
+        )
     )
+    return 0
 
 
 # -- rendering -------------------------------------------------------------------------
@@ -686,6 +695,91 @@ def _cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- metrics (notebook section 8) -----------------------------------------------------
+
+
+def _metric_value(value: float, statistic: str, unit: str) -> str:
+    """A metric's value for a table: counts as counts, microseconds as ms, percents as %."""
+    if statistic in ("Sum", "SampleCount") and unit != "Percent":
+        return f"{value:,.0f}"
+    if unit == "Microseconds":
+        return f"{value / 1000:,.2f} ms"
+    if unit == "Percent":
+        return f"{value:.1f} %"
+    return f"{value:,.4g}"
+
+
+def _metrics_command(args: argparse.Namespace) -> int:
+    import math
+    from datetime import UTC, datetime, timedelta
+
+    from citymodels_devkit import operations
+    from citymodels_devkit.metrics import MME_METRICS, default_period, read_endpoint_metrics
+    from citymodels_devkit.plots import write_charts
+
+    if args.since <= 0:
+        raise operations.UsageError("--since must be a positive number of minutes", field="since")
+    if args.period is not None and args.period < 1:
+        raise operations.UsageError("--period must be at least 1 second", field="period")
+    stack = _stack(args)
+    endpoint = stack.outputs.endpoint_name
+    period = args.period or default_period(local=stack.is_local)
+    end = datetime.now(UTC)
+    start = end - timedelta(minutes=args.since)
+    with _err().status(_esc(f"reading {endpoint}'s metrics from CloudWatch")):
+        metrics = read_endpoint_metrics(
+            stack.client("cloudwatch"),
+            endpoint,
+            start=start,
+            end=end,
+            period=period,
+            variant_name=args.variant,
+        )
+    if metrics.empty:
+        raise operations.OperationFailed(
+            f"no metrics for endpoint {endpoint} ({args.variant}) in the last {args.since:g} "
+            "minutes: the endpoint publishes them when it is invoked (on AWS every minute, "
+            "a few minutes late); try a larger --since"
+        )
+    charts = write_charts(metrics, Path(args.out))
+    if args.json:
+        _print_json({**metrics.to_dict(), "charts": [str(p) for p in charts]})
+        return 0
+    periods = max((len(series) for series in metrics.series.values()), default=0)
+    table = _table(
+        "metric", "statistic", "max", "last", "total",
+        title=f"{endpoint} / {args.variant}: last {args.since:g} min, period {period} s "
+        f"({periods} periods with data)",
+    )  # fmt: skip
+    for query in MME_METRICS:
+        series = metrics[query.name]
+        if not len(series):
+            continue
+        statistic = query.statistics[0]
+        values = [v for v in series.values(statistic) if not math.isnan(v)]
+        table.add_row(
+            _text(query.name),
+            _text(statistic),
+            _text(_metric_value(max(values), statistic, query.unit)),
+            _text(_metric_value(values[-1], statistic, query.unit)),
+            _text(
+                _metric_value(sum(values), statistic, query.unit)
+                if statistic in ("Sum", "SampleCount")
+                else ""
+            ),
+        )
+    for column in table.columns[2:]:
+        column.justify = "right"
+    console = _out()
+    console.print(table)
+    ratio = metrics.cache_hit_ratio()
+    if ratio is not None:
+        console.print(_text(f"ModelCacheHit over the range: {ratio:.3f} (hits / invocations)"))
+    for path in charts:
+        print(f"chart: {path}")  # print() not rich: one unbroken line to copy
+    return 0
+
+
 # -- predict ---------------------------------------------------------------------------
 
 
@@ -1001,6 +1095,44 @@ def _add_operator_commands(commands: Any) -> None:
         help="print JSON instead of a table",
     )
 
+    metrics = command(
+        "metrics",
+        _metrics_command,
+        help="chart the endpoint's CloudWatch metrics (the notebook's section 8)",
+        description=(
+            "Read the multi-model endpoint's metrics from CloudWatch (AWS/SageMaker: "
+            "Invocations, ModelCacheHit, ModelLatency, ModelLoading*/Downloading/Unloading "
+            "times; /aws/sagemaker/Endpoints: LoadedModelCount, MemoryUtilization, "
+            "DiskUtilization; dimensions EndpointName and VariantName), print a summary and "
+            "write the notebook's two charts as PNG files."
+        ),
+    )
+    metrics.add_argument(
+        "--period",
+        type=int,
+        default=None,
+        metavar="SECONDS",
+        help="seconds per datapoint (default: 1 on the local stack, which publishes every "
+        "second; 60 on AWS)",
+    )
+    metrics.add_argument(
+        "--since",
+        type=float,
+        default=30.0,
+        metavar="MINUTES",
+        help="how far back to read (default 30)",
+    )
+    metrics.add_argument(
+        "--out",
+        type=Path,
+        default=WORK_DIR / "charts",
+        metavar="DIR",
+        help="where the PNG charts go (default .citymodels/charts)",
+    )
+    metrics.add_argument(
+        "--variant", default="AllTraffic", help="the production variant (default AllTraffic)"
+    )
+
     cleanup = command(
         "cleanup",
         _cleanup,
@@ -1051,25 +1183,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="run the notebook's story on this machine (what `make demo` runs)",
+        help="run the notebook's sections 1-10 on the local stack (what `make demo` runs)",
         description=(
-            "Generate cities, process each upload as the processing job does, train one "
-            "Linear Learner per city, then query prices through the inference pipeline and "
-            "compare the errors with the best achievable (the generator's ground truth). "
-            "Writes a chart of predicted vs actual prices."
+            "Start the local stack in this process and run the notebook's story on it as a "
+            "user would: generate cities (§1), drop their CSVs into S3 and follow them "
+            "through processing, training and publishing (§2-5), price a house in every "
+            "city through the HTTP API against the generator's ground truth (§6), add a "
+            "city live (§7), the cache experiment with model copies and its CloudWatch "
+            "charts (§8), a key for one city and the sagemaker:TargetModel IAM policy "
+            "(§9), a rollback, and clean up (§10). The stack is stopped at the end, also "
+            "on errors, unless --keep-running."
         ),
     )
-    demo.add_argument("--cities", type=int, default=10, help="number of cities (default 10)")
+    demo.add_argument(
+        "--cities", type=int, default=10, help="cities; the last is added live (default 10)"
+    )
     demo.add_argument("--rows", type=int, default=1000, help="rows per city (default 1000)")
     demo.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     demo.add_argument(
         "--noise", type=float, default=10_000.0, help="price noise sigma (default 10000)"
     )
     demo.add_argument(
+        "--copies",
+        type=int,
+        default=200,
+        help="model copies in the cache experiment; ~60%% fit in memory (default 200)",
+    )
+    demo.add_argument(
         "--work-dir",
         type=Path,
         default=WORK_DIR / "demo",
-        help="where data, models and charts go; emptied first (default .citymodels/demo)",
+        help="where data, the stack's files, charts and logs go; what an earlier demo "
+        "wrote there is replaced (default .citymodels/demo)",
+    )
+    demo.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="leave the stack up at the end (Ctrl-C or citymodels local down stops it)",
     )
     demo.set_defaults(handler=_demo)
 
