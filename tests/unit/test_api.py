@@ -608,22 +608,36 @@ def test_alias_is_read_once_within_the_ttl_and_a_rollback_is_seen_after_it(
     assert runtime.calls[-1]["TargetModel"] == f"NewYork_NY/{V1}.tar.gz"
 
 
-def test_alias_cache_caches_unknown_cities_and_stays_bounded(registry: CountingRegistry) -> None:
+def test_alias_cache_never_hides_a_city_that_just_went_live(registry: CountingRegistry) -> None:
+    # GIVEN a request for a city nothing was uploaded for yet
     clock = FakeClock()
     cache = api.AliasCache(registry, ttl_seconds=10, clock=clock, max_entries=2)
     with pytest.raises(UnknownCity):
-        cache.serving_version("Nowhere")
-    with pytest.raises(UnknownCity):
-        cache.serving_version("Nowhere")
-    assert registry.get_city_calls == 1
+        cache.serving_version("Houston_TX")
+    # WHEN its first model is published a moment later
+    published(registry, "Houston_TX", V1)
+    # THEN the next request is answered by it, not by a cached "unknown"
+    assert cache.serving_version("Houston_TX") == V1
+    calls = registry.get_city_calls
+    assert cache.serving_version("Houston_TX") == V1  # a serving city is cached
+    assert registry.get_city_calls == calls
+
+
+def test_alias_cache_stays_bounded(registry: CountingRegistry) -> None:
+    clock = FakeClock()
+    cache = api.AliasCache(registry, ttl_seconds=10, clock=clock, max_entries=2)
+    for city in ("A", "B", "C"):
+        published(registry, city, V1)
     cache.get("A")
     cache.get("B")
-    cache.get("Nowhere")  # evicted by A and B: read again
-    assert registry.get_city_calls == 4
+    cache.get("C")  # evicts A
+    calls = registry.get_city_calls
+    cache.get("A")  # read again
+    assert registry.get_city_calls == calls + 1
     uncached = api.AliasCache(registry, ttl_seconds=0, clock=clock)
     uncached.get("A")
     uncached.get("A")
-    assert registry.get_city_calls == 6
+    assert registry.get_city_calls == calls + 3
     with pytest.raises(ValueError, match="ttl_seconds"):
         api.AliasCache(registry, ttl_seconds=-1)
 

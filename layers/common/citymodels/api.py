@@ -413,9 +413,11 @@ class AliasCache:
     milliseconds; the alias changes a few times a day). An alias move (publish,
     rollback) is therefore seen by a warm function within ``ttl_seconds``
     (``ALIAS_CACHE_SECONDS``); :meth:`invalidate` makes this function's own rollbacks
-    visible at once. Unknown cities are cached too, so that requests for cities that do
-    not exist cannot make every call a registry read; the cache holds at most
-    ``max_entries`` cities (the oldest entry goes first).
+    visible at once. Only serving cities are cached: a city that is unknown or has no
+    model yet is read again on the next call, so a newly published city answers at
+    once ("drop a CSV and it is queryable"); such requests are authenticated and
+    limited to the key's cities. The cache holds at most ``max_entries`` cities (the
+    oldest entry goes first).
 
     Parameters
     ----------
@@ -457,7 +459,7 @@ class AliasCache:
             alias = Alias(city=city, known=False, version=None)
         else:
             alias = Alias(city=city, known=True, version=record.current if record.serving else None)
-        if self._ttl > 0:
+        if self._ttl > 0 and alias.version is not None:
             self._entries.pop(city, None)
             while len(self._entries) >= self._max:
                 del self._entries[next(iter(self._entries))]
