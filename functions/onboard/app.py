@@ -38,7 +38,7 @@ PROCESSING_CODE_URI = env("PROCESSING_CODE_URI")
 CAPACITY_RETRY_QUEUE_URL = env("CAPACITY_RETRY_QUEUE_URL")
 
 logger = Logger()
-tracer = Tracer()
+tracer = Tracer(patch_modules=["botocore"])  # only botocore is called: patch no more
 metrics = Metrics()
 
 SETTINGS = PipelineSettings(

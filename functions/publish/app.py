@@ -28,7 +28,7 @@ ENDPOINT_NAME = env("ENDPOINT_NAME")
 GATE_TOLERANCE = env_float("GATE_TOLERANCE")
 
 logger = Logger()
-tracer = Tracer()
+tracer = Tracer(patch_modules=["botocore"])  # only botocore is called: patch no more
 metrics = Metrics()
 
 SETTINGS = PipelineSettings(

@@ -28,7 +28,7 @@ HYPERPARAMETERS = env_json_object("HYPERPARAMETERS")
 CAPACITY_RETRY_QUEUE_URL = env("CAPACITY_RETRY_QUEUE_URL")
 
 logger = Logger()
-tracer = Tracer()
+tracer = Tracer(patch_modules=["botocore"])  # only botocore is called: patch no more
 metrics = Metrics()
 
 SETTINGS = PipelineSettings(
