@@ -129,5 +129,31 @@ deploy: build
 bench: $(STAMP)
 	@for b in bench/bench_*.py; do $(BIN)/python $$b; done
 
+# --- benchmark peers ------------------------------------------------------------------
+
+# bench/bench_endpoint.py measures Seldon MLServer beside the local endpoint when
+# .venv-bench exists (else it reports "mlserver": null). MLServer lives in a virtualenv of
+# its own, at the versions pinned in bench/peers/requirements.txt (every package held by
+# bench/peers/constraints.txt); it is rebuilt when those files change.
+.PHONY: bench-venv bench-peers
+BENCH_VENV := .venv-bench
+BENCH_PINS := bench/peers/requirements.txt bench/peers/constraints.txt
+BENCH_STAMP := $(BENCH_VENV)/.installed-$(shell cat $(BENCH_PINS) 2>/dev/null | cksum | cut -d' ' -f1)
+
+$(BENCH_STAMP): $(BENCH_PINS)
+	@test -n "$(PYTHON)" || { echo "Python 3.11 is required"; exit 1; }
+	@rm -rf $(BENCH_VENV)
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -r bench/peers/requirements.txt \
+		-c bench/peers/constraints.txt
+	@touch $@
+
+bench-venv: $(BENCH_STAMP)
+
+# The endpoint benchmark with its peer (JSON on stdout).
+bench-peers: $(STAMP) $(BENCH_STAMP)
+	$(BIN)/python bench/bench_endpoint.py
+
 clean:
 	rm -rf $(VENV) $(SAM_VENV) .citymodels .mypy_cache .ruff_cache .pytest_cache build .aws-sam
