@@ -131,6 +131,17 @@ class ApiGateway:
 
     # -- authorizer ------------------------------------------------------------------
 
+    def _cache_key(self, route: Route, headers: dict[str, str]) -> tuple[str, tuple[str, ...]]:
+        spec = self.stack.authorizers[str(route.authorizer)]
+        return str(route.authorizer), tuple(
+            headers.get(h.lower(), "") for h in spec.identity_headers
+        )
+
+    def _cached(self, route: Route, headers: dict[str, str]) -> bool:
+        """Whether the route's authorizer result for these headers is cached and fresh."""
+        cached = self._cache.get(self._cache_key(route, headers))
+        return cached is not None and cached[0] > self.clock()
+
     def authorize(
         self,
         route: Route,
@@ -143,10 +154,9 @@ class ApiGateway:
         if route.authorizer is None:
             return 200, None, ""
         spec = self.stack.authorizers[route.authorizer]
-        identity = tuple(headers.get(h.lower(), "") for h in spec.identity_headers)
-        if not all(identity):
+        key = self._cache_key(route, headers)
+        if not all(key[1]):
             return 401, None, "Unauthorized"
-        key = (route.authorizer, identity)
         method_arn = self.method_arn(method, path)
         now = self.clock()
         with self._cache_lock:
@@ -238,9 +248,13 @@ class ApiGateway:
                 "protocol": "HTTP/1.1",
             },
         }
-        status, context, message = await asyncio.to_thread(
-            self.authorize, route, method, path, headers, event_base
-        )
+        if route.authorizer is None or self._cached(route, headers):
+            # no authorizer call to make: evaluate here, without a thread hand-off
+            status, context, message = self.authorize(route, method, path, headers, event_base)
+        else:
+            status, context, message = await asyncio.to_thread(
+                self.authorize, route, method, path, headers, event_base
+            )
         if status != 200:
             return _json(status, {"message": message}, request_id)
         is_text = not body or _is_text(headers.get("content-type", ""))

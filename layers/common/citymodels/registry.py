@@ -268,15 +268,12 @@ class Registry:
         *,
         condition: str | None = None,
         condition_values: Mapping[str, Any] | None = None,
-        remove: Sequence[str] = (),
+        condition_names: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         names = {f"#a{i}": name for i, name in enumerate(values)}
+        names.update(condition_names or {})
         attr_values = {f":a{i}": value for i, value in enumerate(values.values())}
         expression = "SET " + ", ".join(f"#a{i} = :a{i}" for i in range(len(values)))
-        if remove:
-            for j, name in enumerate(remove):
-                names[f"#r{j}"] = name
-            expression += " REMOVE " + ", ".join(f"#r{j}" for j in range(len(remove)))
         kwargs: dict[str, Any] = {
             "TableName": self.table_name,
             "Key": self._item({"pk": pk, "sk": sk}),
@@ -401,13 +398,13 @@ class Registry:
             condition_values = dict(zip(placeholders, expected_status))
         values = {**fields, "updated_at": now_iso()}
         try:
-            item = self._update_with_status_name(
+            item = self._update(
                 f"CITY#{validate_city_id(city)}",
                 f"RUN#{validate_version(run)}",
                 values,
-                condition,
-                condition_values,
-                bool(expected_status),
+                condition=condition,
+                condition_values=condition_values,
+                condition_names={"#st": "status"} if expected_status else None,
             )
         except Exception as err:
             if self._is_conditional_failure(err):
@@ -416,30 +413,6 @@ class Registry:
                 raise UnknownRun(f"city {city!r} has no run {run!r}", field="version") from err
             raise
         return _run(item)
-
-    def _update_with_status_name(
-        self,
-        pk: str,
-        sk: str,
-        values: Mapping[str, Any],
-        condition: str,
-        condition_values: Mapping[str, Any],
-        uses_status: bool,
-    ) -> dict[str, Any]:
-        names = {f"#a{i}": name for i, name in enumerate(values)}
-        if uses_status:
-            names["#st"] = "status"
-        attr_values = {f":a{i}": value for i, value in enumerate(values.values())}
-        answer = self._client.update_item(
-            TableName=self.table_name,
-            Key=self._item({"pk": pk, "sk": sk}),
-            UpdateExpression="SET " + ", ".join(f"#a{i} = :a{i}" for i in range(len(values))),
-            ConditionExpression=condition,
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues=self._item({**attr_values, **condition_values}),
-            ReturnValues="ALL_NEW",
-        )
-        return self._plain(answer["Attributes"])
 
     # -- content (duplicate detection) -----------------------------------------------
 
