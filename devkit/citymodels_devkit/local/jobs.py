@@ -1294,7 +1294,18 @@ class JobService:
                 self._pool = self._new_pool()
             self._finish(job, _crashed(error))
             return
-        future.add_done_callback(partial(self._done, job))
+        future.add_done_callback(partial(self._hand_off, job))
+
+    def _hand_off(self, job: _Job, future: Future[_WorkerResult]) -> None:
+        # Done-callbacks run in the executor's manager thread; on Python 3.12+ that
+        # thread holds the executor's shutdown lock while it fails the futures of a
+        # broken pool. Finishing a job takes this service's lock (which ``_submit``
+        # holds while it submits to that same executor) and posts the job's event: both
+        # would stall or deadlock the manager thread, so the job is finished in a
+        # thread of its own.
+        threading.Thread(
+            target=self._done, args=(job, future), name=f"finish-{job.name}", daemon=True
+        ).start()
 
     def _done(self, job: _Job, future: Future[_WorkerResult]) -> None:
         if future.cancelled():
@@ -1302,11 +1313,11 @@ class JobService:
         try:
             result = future.result()
         except BrokenProcessPool as error:
-            # A worker died (killed, out of memory): every job of that pool fails, and
-            # the first to notice replaces the pool for the jobs to come.
+            # A worker died (killed, out of memory): the executor has already failed
+            # every job of that pool and shut itself down; the first job to notice
+            # replaces the pool for the jobs to come.
             with self._lock:
                 if self._pool is not None and self._pool is job.pool:
-                    self._pool.shutdown(wait=False, cancel_futures=False)
                     self._pool = self._new_pool()
                     self._warm(self._pool)
             result = _crashed(error)
