@@ -26,6 +26,7 @@ import pytest
 from moto import mock_aws
 
 from citymodels.jobs import MAX_STACK_LENGTH
+from citymodels_devkit.archives import extract_safely
 from tests.aws import BUCKET, REGION, load_event
 from tests.conftest import raw_rows, upload
 
@@ -127,7 +128,7 @@ def test_preprocessor_model_serves_from_its_archive_alone(
     artifacts: ModuleType, tmp_path: Path
 ) -> None:
     with tarfile.open(fileobj=io.BytesIO(artifacts.preprocessor_archive())) as tar:
-        tar.extractall(tmp_path / "model", filter="data")
+        extract_safely(tar, tmp_path / "model")
     script = (
         "import sys; sys.path.insert(0, 'code'); import inference\n"
         "model = inference.model_fn('.')\n"

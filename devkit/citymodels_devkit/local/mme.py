@@ -89,6 +89,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Final, NamedTuple
 
+from citymodels_devkit.archives import extract_safely
 from citymodels_devkit.linear_learner import InferenceError, LinearLearnerModel, load_model
 from citymodels_devkit.paths import load_container_module
 
@@ -1054,7 +1055,7 @@ def _load_preprocessor(source: str | os.PathLike[str] | bytes, work_dir: Path) -
         work_dir.mkdir(parents=True)
         try:
             with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-                tar.extractall(work_dir, filter="data")  # no absolute paths, links out, devices
+                extract_safely(tar, work_dir)
         except (tarfile.TarError, OSError, EOFError) as err:
             raise ValueError(f"the preprocessor artifact is not a readable tar.gz: {err}") from None
         model_dir = work_dir
