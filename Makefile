@@ -1,20 +1,48 @@
 # citymodels — the two commands: `make demo` and `make test`.
-# Both work on a fresh clone with nothing but Python 3.11: they create .venv themselves
-# (and .venv-sam, for the SAM CLI, when `make test` checks the template).
+# Both work on a fresh clone with nothing but one CPython 3.11 (3.11.2 and later), 3.12 or
+# 3.13: they create .venv themselves (and .venv-sam, for the SAM CLI, when `make test`
+# checks the template; .venv-py3.X for the unit tests on each other Python found).
 
 SHELL := /bin/bash
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+
+# Any python3 runs tools/pythons.py, which finds the supported interpreters (PATH, pyenv,
+# uv) and says what to install when there is none.
+BOOTSTRAP := $(shell command -v python3 || command -v python || command -v python3.13 || command -v python3.12 || command -v python3.11)
+# The functions' Lambda runtime, said once in template.yaml (Globals). .venv prefers that
+# Python, so the local loop runs what Lambda runs; `sam build` needs it.
+LAMBDA_RUNTIME := $(shell sed -n 's/^    Runtime: *\(python3\.[0-9][0-9]*\).*/\1/p' template.yaml | head -n 1)
+LAMBDA_PYTHON_VERSION := $(LAMBDA_RUNTIME:python%=%)
+# The interpreter of .venv: PYTHON=... if given (checked), else the one tools/pythons.py
+# picks. Each of these is worked out once, when first used.
+PYTHON_EXE = $(eval PYTHON_EXE := $(shell $(BOOTSTRAP) tools/pythons.py $(if $(PYTHON),check $(PYTHON),primary --prefer $(LAMBDA_PYTHON_VERSION))))$(PYTHON_EXE)
+PY_VERSION = $(eval PY_VERSION := $(if $(PYTHON_EXE),$(shell $(PYTHON_EXE) -c 'import platform; print(platform.python_version())')))$(PY_VERSION)
+# An interpreter of the Lambda runtime's version, for `sam build` (empty: none here).
+LAMBDA_PYTHON = $(eval LAMBDA_PYTHON := $(shell $(BOOTSTRAP) tools/pythons.py find $(LAMBDA_PYTHON_VERSION)))$(LAMBDA_PYTHON)
+
 VENV := .venv
 BIN := $(VENV)/bin
-# The venv is brought up to date when the pins change (created if missing).
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+PINS_SUM := $(shell cksum < pyproject.toml | cut -d' ' -f1)
+# A venv is brought up to date when the pins change, and made anew for another Python.
+STAMP := $(VENV)/.installed-$(PINS_SUM)-py$(PY_VERSION)
+
+# $(call make-venv,DIR,PYTHON,EXTRAS): DIR made with PYTHON (anew unless it already runs
+# that very version), then this project installed into it, editable, with EXTRAS.
+define make-venv
+@test -n "$(2)" || { echo "no supported Python (see above), or name one: make $(MAKECMDGOALS) PYTHON=/path/to/python3.X"; exit 1; }
+@want=$$($(2) -c 'import platform; print(platform.python_version())') && \
+	have=$$($(1)/bin/python -c 'import platform; print(platform.python_version())' 2>/dev/null); \
+	if [ "$$want" != "$$have" ]; then echo "$(1): Python $$want ($(2))"; rm -rf $(1); $(2) -m venv $(1) || exit 1; fi
+$(1)/bin/python -m pip install --quiet --upgrade pip
+$(1)/bin/python -m pip install --quiet -e '.[$(3)]'
+@rm -f $(1)/.installed-*
+endef
 
 # The SAM CLI pins its own boto3/botocore, so it lives in a virtualenv of its own, at the
 # version pinned in pyproject.toml ([tool.citymodels.tools] aws-sam-cli). cfn-lint is the
 # one aws-sam-cli depends on (same venv), so `cfn-lint` and `sam validate --lint` agree.
 SAM_VENV := .venv-sam
 SAM_BIN := $(SAM_VENV)/bin
-SAM_CLI_VERSION := $(shell $(PYTHON) -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["tool"]["citymodels"]["tools"]["aws-sam-cli"])' 2>/dev/null)
+SAM_CLI_VERSION := $(shell sed -n 's/^aws-sam-cli *= *"\([^"]*\)".*/\1/p' pyproject.toml)
 SAM_STAMP := $(SAM_VENV)/.installed-aws-sam-cli-$(SAM_CLI_VERSION)
 # Offline checks still need a region for the ARNs the translator builds; any will do.
 SAM_REGION ?= us-east-1
@@ -26,31 +54,35 @@ export SAM_CLI_TELEMETRY := 0
 # and layers/common/citymodels runs there, so it is checked against that version.
 CONTAINER_PY := 3.9
 
-.PHONY: demo test lint typecheck unit container-check bench clean help venv sam-venv \
-	layer-requirements template-check cfn-lint sam-validate sam-build-check build deploy
+.PHONY: demo test lint typecheck unit container-check bench clean help venv sam-venv pythons \
+	layer-requirements template-check cfn-lint sam-validate sam-build-check build deploy \
+	unit-other-pythons unit-on
 
 help:
 	@echo "make demo     - set up .venv and run the demo on the local stack"
 	@echo "make test     - set up .venv (and .venv-sam) and run lint, type checks, the whole"
-	@echo "                test suite and the template checks (cfn-lint, sam validate, sam build)"
+	@echo "                test suite and the template checks (cfn-lint, sam validate, sam build),"
+	@echo "                then the unit tests on each other supported Python found"
+	@echo "make pythons  - the Pythons found here, and which ones make uses (PYTHON=... to choose)"
 	@echo "make bench    - run the benchmarks (JSON on stdout)"
 	@echo "make build    - sam build into .aws-sam/build (what sam deploy uploads)"
 	@echo "make deploy   - build, then sam deploy with samconfig.toml [ENV] (ENV=default|prod)"
 
 $(STAMP): pyproject.toml
-	@test -n "$(PYTHON)" || { echo "Python 3.11 is required"; exit 1; }
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	@rm -f $(VENV)/.installed-*
+	$(call make-venv,$(VENV),$(PYTHON_EXE),dev)
 	@touch $@
 
 venv: $(STAMP)
 
+pythons:
+	@$(BOOTSTRAP) tools/pythons.py list
+	@echo ".venv: $(or $(PYTHON_EXE),none) $(PY_VERSION); Lambda runtime $(LAMBDA_RUNTIME): $(or $(LAMBDA_PYTHON),no Python $(LAMBDA_PYTHON_VERSION) here)"
+
 $(SAM_STAMP):
-	@test -n "$(SAM_CLI_VERSION)" || { echo "pyproject.toml has no [tool.citymodels.tools] aws-sam-cli pin (or Python < 3.11)"; exit 1; }
+	@test -n "$(SAM_CLI_VERSION)" || { echo "pyproject.toml has no [tool.citymodels.tools] aws-sam-cli pin"; exit 1; }
+	@test -n "$(PYTHON_EXE)" || exit 1
 	@rm -rf $(SAM_VENV)
-	$(PYTHON) -m venv $(SAM_VENV)
+	$(PYTHON_EXE) -m venv $(SAM_VENV)
 	$(SAM_BIN)/python -m pip install --quiet --upgrade pip
 	$(SAM_BIN)/python -m pip install --quiet 'aws-sam-cli==$(SAM_CLI_VERSION)'
 	@touch $@
@@ -81,11 +113,35 @@ container-check: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests
 
+# The unit tests again on every other supported Python found here, one per version (the
+# lowest patch release found: Debian 12's 3.11.2 rather than a later 3.11), each in a
+# .venv-py3.X of its own. The whole suite runs on .venv's Python (`unit`).
+unit-other-pythons: $(STAMP)
+	@others=$$($(BOOTSTRAP) tools/pythons.py others --primary $(PYTHON_EXE)); \
+	if [ -z "$$others" ]; then echo "unit tests on other Pythons: none found besides $(PY_VERSION)"; fi; \
+	while read -r version exe; do \
+		[ -n "$$exe" ] || continue; \
+		$(MAKE) --no-print-directory unit-on OTHER_PYTHON=$$exe PYTHON_EXE=$(PYTHON_EXE) || exit 1; \
+	done <<< "$$others"
+
+ifdef OTHER_PYTHON
+OTHER_VERSION := $(shell $(OTHER_PYTHON) -c 'import platform; print(platform.python_version())')
+OTHER_VENV := $(VENV)-py$(basename $(OTHER_VERSION))
+OTHER_STAMP := $(OTHER_VENV)/.installed-$(PINS_SUM)-py$(OTHER_VERSION)
+
+$(OTHER_STAMP): pyproject.toml
+	$(call make-venv,$(OTHER_VENV),$(OTHER_PYTHON),dev)
+	@touch $@
+
+unit-on: $(OTHER_STAMP)
+	$(OTHER_VENV)/bin/python -m pytest tests/unit -q -p no:cacheprovider
+endif
+
 # --- the template ---------------------------------------------------------------------
 
 # layers/common/requirements.txt is generated from pyproject.toml's dependencies.
 layer-requirements:
-	$(PYTHON) tools/gen_layer_requirements.py
+	$(BOOTSTRAP) tools/gen_layer_requirements.py
 
 # cfn-lint checks template.yaml (SAM resources against SAM's schemas), then the plain
 # CloudFormation the SAM translator makes of it (what SAM generates, and every Ref and
@@ -103,25 +159,36 @@ sam-validate: $(SAM_STAMP)
 
 # A full `sam build` (layer dependencies from PyPI for the functions' architecture, no
 # Docker) into a throw-away directory, so a test run never touches .aws-sam/build; then
-# tools/check_build.py checks what the artifacts really hold.
-sam-build-check: $(SAM_STAMP)
-	$(PYTHON) tools/gen_layer_requirements.py --check
-	@out=$$(mktemp -d) && trap 'rm -rf "$$out"' EXIT && \
-		echo "$(SAM_BIN)/sam build --template template.yaml --build-dir $$out/build" && \
-		if $(SAM_BIN)/sam build --template template.yaml --build-dir "$$out/build" \
-			> "$$out/build.log" 2>&1; then grep -h "Build Succeeded" "$$out/build.log"; \
+# tools/check_build.py checks what the artifacts really hold. Without a container, SAM
+# builds with a local interpreter of the runtime's version: the one found is put first on
+# the PATH. Where there is none, this check says so and the others still run.
+NO_LAMBDA_PYTHON = NOT RUN: sam build needs Python $(LAMBDA_PYTHON_VERSION) (template.yaml's Runtime \
+	$(LAMBDA_RUNTIME)) and none was found here (make pythons). Install it (pyenv install \
+	$(LAMBDA_PYTHON_VERSION), or your system's python$(LAMBDA_PYTHON_VERSION) package) and run this again.
+
+sam-build-check: $(SAM_STAMP) $(STAMP)
+	$(BIN)/python tools/gen_layer_requirements.py --check
+	@if [ -z "$(LAMBDA_PYTHON)" ]; then echo "$(NO_LAMBDA_PYTHON)"; exit 0; fi; \
+	out=$$(mktemp -d) && trap 'rm -rf "$$out"' EXIT && \
+		echo "PATH=$(dir $(LAMBDA_PYTHON)):\$$PATH $(SAM_BIN)/sam build --template template.yaml --build-dir $$out/build" && \
+		if PATH="$(dir $(LAMBDA_PYTHON)):$$PATH" $(SAM_BIN)/sam build --template template.yaml \
+			--build-dir "$$out/build" > "$$out/build.log" 2>&1; then grep -h "Build Succeeded" "$$out/build.log"; \
 		else cat "$$out/build.log"; exit 1; fi && \
-		$(PYTHON) tools/check_build.py "$$out/build"
+		$(BIN)/python tools/check_build.py "$$out/build"
 
 template-check: cfn-lint sam-validate sam-build-check
 
-test: lint typecheck container-check unit template-check
+# The whole suite on .venv's Python, then the unit tests on each other Python found; a
+# check that could not run here is named again at the very end.
+test: lint typecheck container-check unit template-check unit-other-pythons
+	@if [ -z "$(LAMBDA_PYTHON)" ]; then echo "$(NO_LAMBDA_PYTHON)"; fi
 
 # --- deployment (needs AWS credentials; never part of `make test`) -------------------
 
-build: $(SAM_STAMP)
-	$(PYTHON) tools/gen_layer_requirements.py --check
-	$(SAM_BIN)/sam build --template template.yaml
+build: $(SAM_STAMP) $(STAMP)
+	$(BIN)/python tools/gen_layer_requirements.py --check
+	@test -n "$(LAMBDA_PYTHON)" || { echo "$(NO_LAMBDA_PYTHON)"; exit 1; }
+	PATH="$(dir $(LAMBDA_PYTHON)):$$PATH" $(SAM_BIN)/sam build --template template.yaml
 
 deploy: build
 	$(SAM_BIN)/sam deploy --config-env $(ENV)
@@ -134,16 +201,18 @@ bench: $(STAMP)
 # bench/bench_endpoint.py measures Seldon MLServer beside the local endpoint when
 # .venv-bench exists (else it reports "mlserver": null). MLServer lives in a virtualenv of
 # its own, at the versions pinned in bench/peers/requirements.txt (every package held by
-# bench/peers/constraints.txt); it is rebuilt when those files change.
+# bench/peers/constraints.txt); it is rebuilt when those files change. MLServer 1.7 runs
+# on Python 3.9-3.12: a 3.11 or 3.12 found here.
 .PHONY: bench-venv bench-peers
 BENCH_VENV := .venv-bench
 BENCH_PINS := bench/peers/requirements.txt bench/peers/constraints.txt
 BENCH_STAMP := $(BENCH_VENV)/.installed-$(shell cat $(BENCH_PINS) 2>/dev/null | cksum | cut -d' ' -f1)
+BENCH_PYTHON = $(eval BENCH_PYTHON := $(shell $(BOOTSTRAP) tools/pythons.py find 3.11 || $(BOOTSTRAP) tools/pythons.py find 3.12))$(BENCH_PYTHON)
 
 $(BENCH_STAMP): $(BENCH_PINS)
-	@test -n "$(PYTHON)" || { echo "Python 3.11 is required"; exit 1; }
+	@test -n "$(BENCH_PYTHON)" || { echo "MLServer 1.7 needs Python 3.11 or 3.12 (make pythons): none was found"; exit 1; }
 	@rm -rf $(BENCH_VENV)
-	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(BENCH_VENV)/bin/python -m pip install --quiet -r bench/peers/requirements.txt \
 		-c bench/peers/constraints.txt
@@ -156,4 +225,4 @@ bench-peers: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/bench_endpoint.py
 
 clean:
-	rm -rf $(VENV) $(SAM_VENV) .citymodels .mypy_cache .ruff_cache .pytest_cache build .aws-sam
+	rm -rf $(VENV) $(VENV)-py3.* $(SAM_VENV) .citymodels .mypy_cache .ruff_cache .pytest_cache build .aws-sam
