@@ -9,7 +9,9 @@ template relies on:
 - the layer has ``python/citymodels`` (identical to ``layers/common/citymodels``) and
   every distribution of ``layers/common/requirements.txt`` at its pinned version;
 - every compiled extension in the layer is built for the functions' architecture
-  (``sam build`` without Docker must have fetched wheels for it, not for this machine).
+  (``sam build`` without Docker must have fetched wheels for it, not for this machine)
+  and for the runtime's Python (``cpython-313`` for ``python3.13``: built with another
+  interpreter, the layer would not import on Lambda).
 
 Usage (after ``sam build --build-dir DIR``)::
 
@@ -39,6 +41,8 @@ FUNCTIONS = {
 ELF_MACHINES = {"arm64": 0xB7, "x86_64": 0x3E}
 """ELF ``e_machine`` of each Lambda architecture (EM_AARCH64, EM_X86_64)."""
 _GLOBAL_ARCHITECTURE = re.compile(r"^    Architectures: \[(\w+)\]", re.MULTILINE)
+_GLOBAL_RUNTIME = re.compile(r"^    Runtime: python(3)\.(\d+)", re.MULTILINE)
+_EXTENSION_ABI = re.compile(r"\.cpython-(\d+)-")
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)")
 
 
@@ -48,6 +52,14 @@ def template_architecture(template: Path = ROOT / "template.yaml") -> str:
     if match is None or match.group(1) not in ELF_MACHINES:
         raise SystemExit(f"{template}: no Globals Architectures: [arm64|x86_64] line")
     return match.group(1)
+
+
+def template_abi(template: Path = ROOT / "template.yaml") -> str:
+    """Return the CPython ABI of ``Globals: Function: Runtime`` (``313`` for python3.13)."""
+    match = _GLOBAL_RUNTIME.search(template.read_text(encoding="utf-8"))
+    if match is None:
+        raise SystemExit(f"{template}: no Globals Runtime: python3.N line")
+    return match.group(1) + match.group(2)
 
 
 def elf_machine(path: Path) -> int | None:
@@ -63,7 +75,7 @@ def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "_", name).lower()
 
 
-def check(build_dir: Path, architecture: str) -> list[str]:
+def check(build_dir: Path, architecture: str, abi: str | None = None) -> list[str]:
     """Return the problems found in ``build_dir`` (empty when the build is as expected)."""
     problems: list[str] = []
     for logical_id, name in FUNCTIONS.items():
@@ -111,6 +123,12 @@ def check(build_dir: Path, architecture: str) -> list[str]:
                 f"CommonLayer: {path.relative_to(layer)} is not built for {architecture} "
                 f"(ELF machine {machine:#x})"
             )
+        built_for = _EXTENSION_ABI.search(path.name)
+        if abi is not None and built_for is not None and built_for.group(1) != abi:
+            problems.append(
+                f"CommonLayer: {path.relative_to(layer)} is built for CPython "
+                f"{built_for.group(1)}, the runtime is CPython {abi}"
+            )
     return problems
 
 
@@ -121,14 +139,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--architecture", choices=sorted(ELF_MACHINES))
     args = parser.parse_args(argv)
     architecture = args.architecture or template_architecture()
-    problems = check(args.build_dir, architecture)
+    abi = template_abi()
+    problems = check(args.build_dir, architecture, abi)
     for problem in problems:
         print(problem, file=sys.stderr)
     if not problems:
         count = len(list((args.build_dir / "CommonLayer").rglob("*.so")))
         print(
             f"build ok: {len(FUNCTIONS)} functions, layer with {count} compiled extensions "
-            f"for {architecture}"
+            f"for {architecture}, CPython {abi}"
         )
     return 1 if problems else 0
 
