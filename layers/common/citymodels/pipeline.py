@@ -1,6 +1,6 @@
 """The event-driven pipeline: upload → processing job → training job → quality gate → alias.
 
-Each Lambda function of the flow (design.md §1) parses its event and calls one method
+Each Lambda function of the flow (docs/design.md §1) parses its event and calls one method
 of :class:`Pipeline`; everything that happens on each event (docs/application.md,
 "What happens on each event") is here, where it is tested without Lambda:
 
