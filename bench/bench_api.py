@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
+
+from common import claim_stdout, local_options, machine, percentiles, run_client
 
 HOUSE = {
     "YEAR_BUILT": 1995, "SQUARE_FEET": 2500, "NUM_BEDROOMS": 3, "NUM_BATHROOMS": 2.5,
@@ -41,59 +40,7 @@ CSV_ROW = b"1995,2500,3,2.5,1.0,2,y,n\n"
 TARGET_P50_MS = 3.0
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "loadavg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
-
-
-def claim_stdout() -> TextIO:
-    """Keep stdout for the result; anything else written to fd 1 goes to stderr.
-
-    The functions print their EMF metrics (Powertools) to stdout.
-    """
-    sys.stdout.flush()
-    result = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    os.dup2(2, 1)
-    return result
-
-
-def percentiles(samples_ns: list[int]) -> dict[str, float] | None:
-    if not samples_ns:
-        return None
-    ordered = sorted(samples_ns)
-    return {
-        "p50": ordered[len(ordered) // 2] / 1e3,
-        "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))] / 1e3,
-        "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] / 1e3,
-        "mean": statistics.fmean(ordered) / 1e3,
-        "n": len(ordered),
-    }
-
-
 # -- the client (its own process) -------------------------------------------------------
-
-
-def client_main(spec: dict[str, Any], conn: Any) -> None:
-    try:
-        conn.send(measure(spec))
-    except BaseException as error:  # report, never hang the parent
-        conn.send({"error": f"{type(error).__name__}: {error}"})
-    finally:
-        conn.close()
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
@@ -151,25 +98,6 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         for client in clients.values():
             client.close()
     return {"samples": samples, "elapsed": elapsed, "answers": answers}
-
-
-def run_client(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=client_main, args=(spec, sender), name="bench client")
-    process.start()
-    sender.close()
-    try:
-        if not receiver.poll(timeout):
-            raise TimeoutError(f"the client did not finish in {timeout:.0f} s")
-        answer: dict[str, Any] = receiver.recv()
-    finally:
-        process.join(timeout=10)
-        if process.is_alive():
-            process.terminate()
-    if "error" in answer:
-        raise RuntimeError(f"client: {answer['error']}")
-    return answer
 
 
 # -- where the time goes (diagnostics; wraps the stack's classes, changes no code) --------
@@ -299,18 +227,12 @@ def main() -> int:
     import httpx
 
     from citymodels_devkit.datagen import generate
-    from citymodels_devkit.local.stack import LocalOptions, LocalStack
+    from citymodels_devkit.local.stack import LocalStack
 
     started_at = machine()
     city, table, _ = next(generate(1, args.rows, seed=7, noise=5_000.0))
     with tempfile.TemporaryDirectory(prefix="cm-bench-api-") as tmp:
-        options = LocalOptions(
-            stack_name="cm-bench",
-            aws_port=0,
-            api_port=0,
-            work_dir=Path(tmp) / "stack",
-            parameter_overrides={"LogLevel": "WARNING"},
-        )
+        options = local_options(Path(tmp) / "stack")
         stack = LocalStack(None, options)
         try:
             outputs = stack.start()
@@ -342,13 +264,13 @@ def main() -> int:
             }
             if breakdown is not None:
                 breakdown.enabled = True
-            measured = run_client(spec, timeout=1800)
+            measured = run_client(measure, spec, timeout=1800)
         finally:
             stack.stop()
 
     samples, elapsed = measured["samples"], measured["elapsed"]
-    api_us = percentiles(samples["api"])
-    endpoint_us = percentiles(samples["endpoint"])
+    api_us = percentiles(samples["api"], 1e3)
+    endpoint_us = percentiles(samples["endpoint"], 1e3)
     assert api_us is not None and endpoint_us is not None
     api_answer = measured["answers"]["api"]
     result = {

@@ -30,15 +30,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
-import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
+
+from common import claim_stdout, local_options, machine, percentiles, run_client
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOUSE = {
@@ -48,46 +46,6 @@ HOUSE = {
 CSV_ROW = b"1995,2500,3,2.5,1.0,2,y,n\n"
 VERSION = "20261125T000000000Z-0000000000000000000000000000BE7C"
 TARGETS = {"warm_p50_ms": 1.0, "cold_p50_ms": 10.0, "ratio_to_mlserver": 2.0}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "loadavg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
-
-
-def claim_stdout() -> TextIO:
-    """Keep stdout for the result; anything else written to fd 1 goes to stderr."""
-    sys.stdout.flush()
-    result = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    os.dup2(2, 1)
-    return result
-
-
-def percentiles(samples_ns: list[int], scale: float) -> dict[str, float] | None:
-    if not samples_ns:
-        return None
-    ordered = sorted(samples_ns)
-    return {
-        "p50": ordered[len(ordered) // 2] / scale,
-        "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))] / scale,
-        "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] / scale,
-        "mean": statistics.fmean(ordered) / scale,
-        "n": len(ordered),
-    }
 
 
 # -- the models -------------------------------------------------------------------------
@@ -153,16 +111,6 @@ def template_hyperparameters() -> dict[str, str]:
 
 
 # -- the client (its own process) -------------------------------------------------------
-
-
-def client_main(spec: dict[str, Any], conn: Any) -> None:
-    """Run every measurement with httpx, one persistent connection per server."""
-    try:
-        conn.send(measure(spec))
-    except BaseException as error:  # report, never hang the parent
-        conn.send({"error": f"{type(error).__name__}: {error}"})
-    finally:
-        conn.close()
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
@@ -259,25 +207,6 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         if peer is not None:
             peer.close()
     return result
-
-
-def run_client(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=client_main, args=(spec, sender), name="bench client")
-    process.start()
-    sender.close()
-    try:
-        if not receiver.poll(timeout):
-            raise TimeoutError(f"the client did not finish in {timeout:.0f} s")
-        answer: dict[str, Any] = receiver.recv()
-    finally:
-        process.join(timeout=10)
-        if process.is_alive():
-            process.terminate()
-    if "error" in answer:
-        raise RuntimeError(f"client: {answer['error']}")
-    return answer
 
 
 class ServerClock:
@@ -377,7 +306,7 @@ def main() -> int:
     sys.path.insert(0, str(REPO_ROOT / "bench" / "peers"))
     from mlserver_peer import MLServerPeer
 
-    from citymodels_devkit.local.stack import LocalOptions, LocalStack
+    from citymodels_devkit.local.stack import LocalStack
 
     server_clock = ServerClock()
     server_clock.install()
@@ -416,13 +345,7 @@ def main() -> int:
                 peer.stop()
         if reason is not None:
             peer = None
-        options = LocalOptions(
-            stack_name="cm-bench",
-            aws_port=0,
-            api_port=0,
-            work_dir=root / "stack",
-            parameter_overrides={"LogLevel": "WARNING"},
-        )
+        options = local_options(root / "stack")
         stack = LocalStack(None, options)
         try:
             outputs = stack.start()
@@ -463,7 +386,7 @@ def main() -> int:
                 }
             since = time.time() - 1
             server_clock.enabled = True
-            measured = run_client(spec, timeout=1800)
+            measured = run_client(measure, spec, timeout=1800)
             server_clock.enabled = False
             stats = stack.endpoint.stats() if stack.endpoint is not None else None
             load_metrics = model_load_metrics(url, outputs["EndpointName"], since)

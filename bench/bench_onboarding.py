@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -49,45 +48,13 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import boto3
 from botocore.config import Config
+from common import claim_stdout, local_options, machine
 
 TARGET_S = 20.0
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> dict[str, Any]:
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "loadavg_at_start": load,
-    }
-
-
-def claim_stdout() -> TextIO:
-    """Keep stdout for the result: everything else written to fd 1 goes to stderr.
-
-    The functions' EMF metrics (Powertools prints them) and anything the job workers
-    (started later, so they inherit the redirection) print would otherwise mix with
-    the one JSON object this script prints.
-    """
-    sys.stdout.flush()
-    result = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    os.dup2(2, 1)
-    return result
 
 
 def process_cpu_s(pid: int | str = "self") -> float:
@@ -357,7 +324,7 @@ def main() -> int:
 
     from citymodels.registry import PUBLISHED, Registry
     from citymodels_devkit.datagen import write_dataset
-    from citymodels_devkit.local.stack import LocalOptions, LocalStack
+    from citymodels_devkit.local.stack import LocalStack
 
     trace = RequestTrace() if args.trace else None
     if trace is not None:
@@ -367,13 +334,7 @@ def main() -> int:
         root = Path(tmp)
         data = write_dataset(root / "data", args.cities, args.rows, seed=20, noise=5_000.0)
         files = {city: root / "data" / f"{city}.csv" for city in data.cities}
-        options = LocalOptions(
-            stack_name="cm-bench",
-            aws_port=0,
-            api_port=0,
-            work_dir=root / "stack",
-            parameter_overrides={"LogLevel": "WARNING"},
-        )
+        options = local_options(root / "stack")
         if args.job_workers is not None:
             options.job_workers = args.job_workers
         stack = LocalStack(None, options)

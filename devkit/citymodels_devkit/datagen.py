@@ -97,7 +97,7 @@ __all__ = [
 ]
 
 RAW_COLUMNS: tuple[str, ...] = COLUMNS
-"""The raw CSV columns, in the notebook's headerless order (design.md §3)."""
+"""The raw CSV columns, in the notebook's headerless order (docs/design.md §3)."""
 
 FEATURE_NAMES: tuple[str, ...] = FEATURES
 """The eight raw features: every raw column but PRICE."""

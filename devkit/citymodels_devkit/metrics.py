@@ -102,7 +102,7 @@ MME_METRICS: Final[tuple[MetricQuery, ...]] = (
     ),
     MetricQuery(SAGEMAKER_NAMESPACE, "ModelUnloadingTime", ("SampleCount",), "Microseconds"),
 )
-"""What ``citymodels metrics`` and the demo read: every MME metric (design.md §4)."""
+"""What ``citymodels metrics`` and the demo read: every MME metric (docs/design.md §4)."""
 
 
 def default_period(*, local: bool) -> int:

@@ -36,7 +36,7 @@ from citymodels.validation import ValidationReport, validate_upload
 S3_DELETE_BATCH = 1000
 """DeleteObjects takes at most 1,000 keys per call."""
 API_MAX_ROWS = 1000
-"""The HTTP API answers at most 1,000 rows per request (design.md §3)."""
+"""The HTTP API answers at most 1,000 rows per request (docs/design.md §3)."""
 SUCCESSFUL = (PUBLISHED, DUPLICATE)
 """Final statuses after which the city serves the upload's content."""
 

@@ -1,6 +1,6 @@
 """Finding a citymodels stack: its outputs, and AWS clients that reach it.
 
-A stack is known by its outputs (design.md §3): ``DataBucket``, ``ApiUrl``,
+A stack is known by its outputs (docs/design.md §3): ``DataBucket``, ``ApiUrl``,
 ``EndpointName``, ``RegistryTable``, optionally ``FailureQueueUrl``; the local stack adds
 ``AwsEndpointUrl`` and ``AdminApiKey``. They come from, in this order:
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from citymodels.registry import Registry
 
 REQUIRED_OUTPUTS: tuple[str, ...] = ("DataBucket", "ApiUrl", "EndpointName", "RegistryTable")
-"""The outputs every stack has (design.md §3)."""
+"""The outputs every stack has (docs/design.md §3)."""
 
 DEFAULT_OUTPUTS_FILE = WORK_DIR / "outputs.json"
 OUTPUTS_ENV = "CITYMODELS_OUTPUTS"

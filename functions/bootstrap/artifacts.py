@@ -1,7 +1,7 @@
 """The deployment's artifacts in the DataBucket: the processing code and the preprocessor model.
 
 Both carry the ``citymodels`` package, because the code in ``preprocessing/`` runs in
-SageMaker's scikit-learn container, where the Lambda layer does not exist (design.md §2):
+SageMaker's scikit-learn container, where the Lambda layer does not exist (docs/design.md §2):
 
 - ``artifacts/processing/``: ``preprocess.py`` and ``citymodels/``, the processing job's
   code (``PROCESSING_CODE_URI``). Replaced in place: a job downloads it when it starts.

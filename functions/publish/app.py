@@ -19,25 +19,12 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from citymodels.handlers import TrainingJobStateChange, report
 from citymodels.pipeline import Pipeline, PipelineSettings
-from citymodels.settings import env, env_float
 
-STACK_NAME = env("STACK_NAME")
-DATA_BUCKET = env("DATA_BUCKET")
-REGISTRY_TABLE = env("REGISTRY_TABLE")
-ENDPOINT_NAME = env("ENDPOINT_NAME")
-GATE_TOLERANCE = env_float("GATE_TOLERANCE")
+SETTINGS = PipelineSettings.from_env(gate=True)
 
 logger = Logger()
 tracer = Tracer(patch_modules=["botocore"])  # only botocore is called: patch no more
 metrics = Metrics()
-
-SETTINGS = PipelineSettings(
-    stack=STACK_NAME,
-    bucket=DATA_BUCKET,
-    registry_table=REGISTRY_TABLE,
-    endpoint_name=ENDPOINT_NAME,
-    gate_tolerance=GATE_TOLERANCE,
-)
 pipeline = Pipeline(SETTINGS)
 """Built once per execution environment (its clients on first use); tests assign their own."""
 

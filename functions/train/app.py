@@ -15,34 +15,13 @@ from aws_lambda_powertools.utilities.data_classes import event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from citymodels.handlers import ProcessingJobStateChange, report
-from citymodels.pipeline import Pipeline, PipelineSettings, TrainingJobConfig
-from citymodels.settings import env, env_json_object
+from citymodels.pipeline import Pipeline, PipelineSettings
 
-STACK_NAME = env("STACK_NAME")
-DATA_BUCKET = env("DATA_BUCKET")
-REGISTRY_TABLE = env("REGISTRY_TABLE")
-SAGEMAKER_ROLE_ARN = env("SAGEMAKER_ROLE_ARN")
-LINEAR_LEARNER_IMAGE_URI = env("LINEAR_LEARNER_IMAGE_URI")
-TRAINING_INSTANCE_TYPE = env("TRAINING_INSTANCE_TYPE")
-HYPERPARAMETERS = env_json_object("HYPERPARAMETERS")
-CAPACITY_RETRY_QUEUE_URL = env("CAPACITY_RETRY_QUEUE_URL")
+SETTINGS = PipelineSettings.from_env(training=True)
 
 logger = Logger()
 tracer = Tracer(patch_modules=["botocore"])  # only botocore is called: patch no more
 metrics = Metrics()
-
-SETTINGS = PipelineSettings(
-    stack=STACK_NAME,
-    bucket=DATA_BUCKET,
-    registry_table=REGISTRY_TABLE,
-    training=TrainingJobConfig(
-        role_arn=SAGEMAKER_ROLE_ARN,
-        image_uri=LINEAR_LEARNER_IMAGE_URI,
-        instance_type=TRAINING_INSTANCE_TYPE,
-        hyperparameters=HYPERPARAMETERS,
-    ),
-    retry_queue_url=CAPACITY_RETRY_QUEUE_URL,
-)
 pipeline = Pipeline(SETTINGS)
 """Built once per execution environment (its clients on first use); tests assign their own."""
 

@@ -1,4 +1,4 @@
-"""The contracts of design.md §3 as code: city ids, S3 keys, versions, job names, splits."""
+"""The contracts of docs/design.md §3 as code: city ids, S3 keys, versions, job names, splits."""
 
 from __future__ import annotations
 

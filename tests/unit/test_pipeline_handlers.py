@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from citymodels.endpoint import EndpointClient
-from citymodels.pipeline import Pipeline
+from citymodels.pipeline import HYPERPARAMETER_VARIABLES, Pipeline
 from citymodels.registry import FAILED, PROCESSING, PUBLISHED, TRAINING, Run
 from citymodels.settings import ConfigurationError
 from citymodels.versions import mint_version
@@ -63,7 +63,7 @@ def function_env(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
         "PROCESSING_CODE_URI": CODE_URI,
         "LINEAR_LEARNER_IMAGE_URI": LL_IMAGE,
         "TRAINING_INSTANCE_TYPE": "ml.m5.large",
-        "HYPERPARAMETERS": json.dumps(HYPERPARAMETERS),
+        **{variable: HYPERPARAMETERS[name] for name, variable in HYPERPARAMETER_VARIABLES.items()},
         "CAPACITY_RETRY_QUEUE_URL": aws.retry_queue_url,
         "ENDPOINT_NAME": ENDPOINT,
         "GATE_TOLERANCE": "0.05",

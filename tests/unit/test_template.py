@@ -11,17 +11,20 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import os
 import re
 import sys
 import tomllib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from unittest import mock
 
 import pytest
 
 from citymodels import layout
 from citymodels.jobs import MAX_STACK_LENGTH, job_name, job_name_prefix
+from citymodels.pipeline import PipelineSettings
 from citymodels.registry import TABLE_KEY_SCHEMA
 from citymodels.schema import FEATURE_DIM
 from citymodels_devkit.local.template import Resolver, load_yaml
@@ -72,8 +75,28 @@ RUNTIME_VARIABLES = {
     "TZ",
     "_HANDLER",
 }
-ENV_READERS = {"env", "env_float", "env_json_object"}
+ENV_READERS = {"env", "env_float"}
 """citymodels.settings' readers of required variables."""
+
+
+class RecordingEnviron(dict[str, str]):
+    """``os.environ`` that records the names read; a name it lacks reads as ``"1"``
+    (``STACK_NAME`` as a valid stack name), so every reader gets a value it accepts."""
+
+    def __init__(self, values: dict[str, str] | None = None) -> None:
+        super().__init__(values or {})
+        self.read: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        self.read.add(key)
+        return super().get(key, "citymodels-dev" if key == "STACK_NAME" else "1")
+
+
+def pipeline_settings(environ: RecordingEnviron, **steps: bool) -> PipelineSettings:
+    """Run ``PipelineSettings.from_env(**steps)`` as a function whose environment is
+    ``environ`` would."""
+    with mock.patch.object(os, "environ", environ):
+        return PipelineSettings.from_env(**steps)
 
 
 def properties(logical_id: str) -> dict[str, Any]:
@@ -111,11 +134,22 @@ def handler_sources(name: str) -> list[Path]:
 
 
 def required_variables(sources: list[Path]) -> set[str]:
-    """Variables the modules require: ``env*("X")`` calls and ``os.environ["X"]``."""
+    """Variables the modules require: ``env*("X")`` calls, ``os.environ["X"]``, and
+    what ``PipelineSettings.from_env(...)`` reads for the steps named."""
     names: set[str] = set()
     for source in sources:
         for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Call) and node.args:
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and ast.unparse(node.func) == "PipelineSettings.from_env"
+            ):
+                # The pipeline functions name their steps; from_env reads their variables.
+                steps = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg}
+                environ = RecordingEnviron()
+                pipeline_settings(environ, **steps)
+                names |= environ.read
+            elif isinstance(node, ast.Call) and node.args:
                 func = node.func
                 called = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
                 first = node.args[0]
@@ -273,11 +307,17 @@ def test_failures_end_in_the_failure_queue() -> None:
     assert retry_queue["VisibilityTimeout"] >= 6 * retry_timeout
 
 
-def test_hyperparameters_are_the_notebooks_and_fit_the_schema() -> None:
-    train = variables("TrainFunction")["HYPERPARAMETERS"]
-    assert variables("RetryFunction")["HYPERPARAMETERS"] == train
-    hyperparameters = json.loads(substitute(train["Fn::Sub"], parameter_defaults()))
-    assert hyperparameters == {
+@pytest.mark.parametrize("logical_id", ["TrainFunction", "RetryFunction"])
+def test_hyperparameters_are_the_notebooks_and_fit_the_schema(logical_id: str) -> None:
+    defaults = parameter_defaults()
+    given = {
+        name: defaults[value["Ref"]]
+        for name, value in variables(logical_id).items()
+        if isinstance(value, dict) and value.get("Ref") in defaults
+    }
+    training = pipeline_settings(RecordingEnviron(given), training=True).training
+    assert training is not None
+    assert dict(training.hyperparameters) == {
         "feature_dim": str(FEATURE_DIM),
         "mini_batch_size": "100",
         "predictor_type": "regressor",

@@ -1,4 +1,4 @@
-"""The raw CSV contract (design.md §3): valid uploads pass, and the malformed-upload
+"""The raw CSV contract (docs/design.md §3): valid uploads pass, and the malformed-upload
 corpus is rejected with a precise report, never a crash."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The local stack: the whole application on one machine, with no AWS account (design.md §4).
+"""The local stack: the whole application on one machine, with no AWS account (docs/design.md §4).
 
 Modules:
 

@@ -12,7 +12,7 @@
    :mod:`.lambdas`;
 4. serves the template's REST API with its authorizer — :mod:`.apigw`;
 5. publishes the endpoint's CloudWatch metrics every second;
-6. prints and writes the stack outputs (design.md §3, plus ``AwsEndpointUrl`` and
+6. prints and writes the stack outputs (docs/design.md §3, plus ``AwsEndpointUrl`` and
    ``AdminApiKey``).
 
 Tests start the same stack in-process (``tests/integration/conftest.py``).

@@ -1,4 +1,4 @@
-"""The HTTP API's operations, independent of Lambda and API Gateway (design.md §3).
+"""The HTTP API's operations, independent of Lambda and API Gateway (docs/design.md §3).
 
 ``functions/predict/app.py`` routes each request to one method of :class:`CityApi` and
 turns what it returns (dataclasses, which also give the OpenAPI document its schemas)
@@ -409,8 +409,8 @@ class Alias:
 class AliasCache:
     """City → current version, re-read from the registry at most every ``ttl_seconds``.
 
-    The prediction path must not read DynamoDB on every call (design.md §4: a read costs
-    milliseconds; the alias changes a few times a day). An alias move (publish,
+    The prediction path must not read DynamoDB on every call (docs/design.md §4: a read
+    costs milliseconds; the alias changes a few times a day). An alias move (publish,
     rollback) is therefore seen by a warm function within ``ttl_seconds``
     (``ALIAS_CACHE_SECONDS``); :meth:`invalidate` makes this function's own rollbacks
     visible at once. Only serving cities are cached: a city that is unknown or has no

@@ -1,4 +1,4 @@
-"""The quality gate (design.md §3): is a newly trained model good enough to serve?
+"""The quality gate (docs/design.md §3): is a newly trained model good enough to serve?
 
 The ``publish`` function runs it after copying the candidate to its ``mme/`` key. The
 candidate is called *through the endpoint*, on the run's raw test rows

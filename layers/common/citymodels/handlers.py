@@ -1,5 +1,6 @@
-"""What the pipeline's Lambda handlers share: typed SageMaker job events, and how an
-outcome is reported (log keys, trace annotation, EMF metrics, one log line).
+"""What the pipeline's Lambda handlers share: typed events (an upload, SageMaker job
+state changes), and how an outcome is reported (log keys, trace annotation, EMF
+metrics, one log line).
 
 Only the handlers import this module (it needs Powertools, which the layer ships);
 the SageMaker containers never do.
@@ -11,9 +12,28 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
+from aws_lambda_powertools.utilities.data_classes import (
+    EventBridgeEvent,
+    S3EventBridgeNotificationEvent,
+)
 
-from citymodels.pipeline import Outcome
+from citymodels.pipeline import Outcome, UploadEvent
+
+
+class ObjectCreated(S3EventBridgeNotificationEvent):
+    """An S3 ``Object Created`` event delivered by EventBridge (an upload to ``raw/``)."""
+
+    @property
+    def upload(self) -> UploadEvent:
+        """The facts of the upload the pipeline uses."""
+        detail = self.detail
+        return UploadEvent(
+            bucket=detail.bucket.name,
+            key=detail.object.key,  # URL-decoded by Powertools
+            time=self.time,
+            sequencer=detail.object.sequencer,
+            size=detail.object.size,
+        )
 
 
 class ProcessingJobStateChange(EventBridgeEvent):

@@ -1,4 +1,4 @@
-"""Deterministic, stack-scoped SageMaker job names (design.md §3).
+"""Deterministic, stack-scoped SageMaker job names (docs/design.md §3).
 
 A job name is ``cm-{stack}-{hash}-{attempt}``:
 

@@ -1,4 +1,4 @@
-"""The DataBucket's S3 layout (design.md §3): a builder and a parser for every prefix.
+"""The DataBucket's S3 layout (docs/design.md §3): a builder and a parser for every prefix.
 
 Every key is built here and nowhere else, and every city id, run and version that goes
 into a key is validated first, so a malformed id can never address another prefix.

@@ -1,6 +1,6 @@
 """The event-driven pipeline: upload → processing job → training job → quality gate → alias.
 
-Each Lambda function of the flow (design.md §1) parses its event and calls one method
+Each Lambda function of the flow (docs/design.md §1) parses its event and calls one method
 of :class:`Pipeline`; everything that happens on each event (docs/application.md,
 "What happens on each event") is here, where it is tested without Lambda:
 
@@ -51,8 +51,8 @@ from citymodels.registry import (
     Run,
     UnknownRun,
 )
-from citymodels.schema import SCHEMA_VERSION
-from citymodels.settings import ConfigurationError
+from citymodels.schema import FEATURE_DIM, SCHEMA_VERSION
+from citymodels.settings import ConfigurationError, env, env_float
 from citymodels.validation import DEFAULT_LIMITS, Problem, ValidationReport, validate_upload
 from citymodels.versions import mint_version
 
@@ -255,6 +255,22 @@ class RetryMessage:
         return message
 
 
+FIXED_HYPERPARAMETERS: Mapping[str, str] = {
+    "feature_dim": str(FEATURE_DIM),
+    "predictor_type": "regressor",
+}
+"""The Linear Learner hyperparameters that are not choices: the schema's encoded
+features, and price regression (the quality gate compares MAEs)."""
+HYPERPARAMETER_VARIABLES: Mapping[str, str] = {
+    "mini_batch_size": "LINEAR_LEARNER_MINI_BATCH_SIZE",
+    "epochs": "LINEAR_LEARNER_EPOCHS",
+    "num_models": "LINEAR_LEARNER_NUM_MODELS",
+    "loss": "LINEAR_LEARNER_LOSS",
+}
+"""The ones that are: hyperparameter → the variable carrying it (template parameters
+``LinearLearnerMiniBatchSize``, ``LinearLearnerEpochs``...)."""
+
+
 @dataclass(frozen=True)
 class ProcessingJobConfig:
     """The processing job's settings (``SKLEARN_IMAGE_URI``, ``PROCESSING_*``)."""
@@ -300,6 +316,71 @@ class PipelineSettings:
 
     def __post_init__(self) -> None:
         validate_stack_name(self.stack)
+
+    @classmethod
+    def from_env(
+        cls,
+        *,
+        uploads: bool = False,
+        processing: bool = False,
+        training: bool = False,
+        gate: bool = False,
+    ) -> PipelineSettings:
+        """Read the settings of a function's steps from its environment (``template.yaml``).
+
+        Each function is given only the variables of its own steps
+        (:mod:`citymodels.settings` lists them), so it names its steps here; the
+        variables are read now, at import, so a missing one fails there.
+
+        Parameters
+        ----------
+        uploads
+            The function receives uploads: ``RAW_PREFIX``.
+        processing
+            It starts processing jobs: ``SKLEARN_IMAGE_URI``, ``PROCESSING_*``.
+        training
+            It starts training jobs: ``LINEAR_LEARNER_*``, ``TRAINING_INSTANCE_TYPE``.
+            Processing and training also read ``SAGEMAKER_ROLE_ARN`` and
+            ``CAPACITY_RETRY_QUEUE_URL``.
+        gate
+            It runs the quality gate: ``ENDPOINT_NAME``, ``GATE_TOLERANCE``.
+
+        Raises
+        ------
+        ConfigurationError
+            A variable of these steps is missing or malformed (the error names it).
+        """
+        values: dict[str, Any] = {
+            "stack": env("STACK_NAME"),
+            "bucket": env("DATA_BUCKET"),
+            "registry_table": env("REGISTRY_TABLE"),
+        }
+        if uploads:
+            values["raw_prefix"] = env("RAW_PREFIX")
+        if processing or training:
+            role_arn = env("SAGEMAKER_ROLE_ARN")
+            values["retry_queue_url"] = env("CAPACITY_RETRY_QUEUE_URL")
+        if processing:
+            values["processing"] = ProcessingJobConfig(
+                role_arn=role_arn,
+                image_uri=env("SKLEARN_IMAGE_URI"),
+                instance_type=env("PROCESSING_INSTANCE_TYPE"),
+                code_uri=env("PROCESSING_CODE_URI"),
+            )
+        if training:
+            values["training"] = TrainingJobConfig(
+                role_arn=role_arn,
+                image_uri=env("LINEAR_LEARNER_IMAGE_URI"),
+                instance_type=env("TRAINING_INSTANCE_TYPE"),
+                hyperparameters={
+                    **FIXED_HYPERPARAMETERS,
+                    **{name: env(variable) for name, variable in HYPERPARAMETER_VARIABLES.items()},
+                },
+            )
+        if gate:
+            values["endpoint_name"] = env("ENDPOINT_NAME")
+            values["gate_tolerance"] = env_float("GATE_TOLERANCE")
+        return cls(**values)
 
 
 def capacity_delay(retries: int) -> int:

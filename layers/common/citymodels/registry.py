@@ -1,5 +1,5 @@
 """The registry: one DynamoDB table holding, per city, every upload and run, every
-published version, the ``current`` alias, and the API keys (design.md §3).
+published version, the ``current`` alias, and the API keys (docs/design.md §3).
 
 Single-table layout (partition key ``pk``, sort key ``sk``, both strings):
 
@@ -35,7 +35,7 @@ from citymodels.cities import validate_city_id
 from citymodels.errors import CityModelsError
 from citymodels.versions import validate_version
 
-# Upload and run statuses (design.md §3).
+# Upload and run statuses (docs/design.md §3).
 REJECTED = "REJECTED"
 DUPLICATE = "DUPLICATE"
 PROCESSING = "PROCESSING"

@@ -1,6 +1,6 @@
 """The raw house record and the one transform from raw record to model features.
 
-Raw CSV (design.md §3): ``YEAR_BUILT, SQUARE_FEET, NUM_BEDROOMS, NUM_BATHROOMS,
+Raw CSV (docs/design.md §3): ``YEAR_BUILT, SQUARE_FEET, NUM_BEDROOMS, NUM_BATHROOMS,
 LOT_ACRES, GARAGE_SPACES, FRONT_PORCH, DECK, PRICE``. The features the model sees are
 the six numeric columns as numbers (Linear Learner normalises them itself) followed by
 a one-hot encoding of FRONT_PORCH and DECK with the fixed vocabulary ``("y", "n")``:
@@ -89,8 +89,8 @@ FIELD_RULES: dict[str, FieldRule] = {
     "GARAGE_SPACES": FieldRule(0, 1_000, whole=True),
     "PRICE": FieldRule(0, 1e12, exclusive_minimum=True),
 }
-"""Plausible ranges. Beyond design.md's "finite, PRICE > 0": no negative areas or counts,
-no fractional years, so that an obvious data error is reported instead of trained on."""
+"""Plausible ranges (docs/design.md §3): beyond "finite, PRICE > 0", no negative areas or
+counts, no fractional years, so that an obvious data error is reported instead of trained on."""
 
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 

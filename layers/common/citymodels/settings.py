@@ -2,8 +2,10 @@
 
 ``template.yaml`` sets these variables (Globals for the shared ones, each function its
 own); the local stack sets the same ones from the same template. Handlers read the
-variables they need at import (``os.environ["X"]``), so a missing one fails at import,
-not in the middle of a request; :func:`env` adds the variable's name to the error.
+variables they need at import, so a missing one fails at import, not in the middle of a
+request; :func:`env` adds the variable's name to the error. The pipeline's functions
+(onboard, train, publish, retry) read theirs through
+:meth:`citymodels.pipeline.PipelineSettings.from_env`, naming their steps.
 
 | variable | who | meaning |
 |---|---|---|
@@ -16,7 +18,7 @@ not in the middle of a request; :func:`env` adds the variable's name to the erro
 | ``SKLEARN_IMAGE_URI``, ``PROCESSING_INSTANCE_TYPE`` | onboard, retry | the processing job |
 | ``PROCESSING_CODE_URI`` | onboard, retry | ``s3://.../artifacts/processing/`` (preprocess.py + citymodels) |
 | ``LINEAR_LEARNER_IMAGE_URI``, ``TRAINING_INSTANCE_TYPE`` | train, retry | the training job |
-| ``HYPERPARAMETERS`` | train, retry | Linear Learner hyperparameters, a JSON object of strings |
+| ``LINEAR_LEARNER_MINI_BATCH_SIZE``, ``_EPOCHS``, ``_NUM_MODELS``, ``_LOSS`` | train, retry | the Linear Learner hyperparameters that are choices (:data:`citymodels.pipeline.HYPERPARAMETER_VARIABLES`) |
 | ``CAPACITY_RETRY_QUEUE_URL`` | onboard, train, retry | delayed retries after ResourceLimitExceeded |
 | ``GATE_TOLERANCE`` | publish | the quality gate's tolerance (e.g. ``0.05``) |
 | ``ALIAS_CACHE_SECONDS`` | predict | how long an alias lookup is reused (e.g. ``5``) |
@@ -25,7 +27,6 @@ not in the middle of a request; :func:`env` adds the variable's name to the erro
 
 from __future__ import annotations
 
-import json
 import os
 
 
@@ -48,15 +49,3 @@ def env_float(name: str) -> float:
         return float(text)
     except ValueError as err:
         raise ConfigurationError(f"environment variable {name}={text!r} is not a number") from err
-
-
-def env_json_object(name: str) -> dict[str, str]:
-    """Return a required environment variable holding a JSON object of strings."""
-    text = env(name)
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ConfigurationError(f"environment variable {name} is not JSON: {err.msg}") from err
-    if not isinstance(value, dict):
-        raise ConfigurationError(f"environment variable {name} must be a JSON object")
-    return {str(k): str(v) for k, v in value.items()}

@@ -1,4 +1,4 @@
-"""The train/validation/test split (design.md §3), seeded from the run.
+"""The train/validation/test split (docs/design.md §3), seeded from the run.
 
 As in the notebook: 10% of the rows are the test split, then 30% of the rest the
 validation split. The shuffle is seeded from the run id, so the same upload always

@@ -1,4 +1,4 @@
-"""Streaming validation of a raw CSV upload (design.md §3), with a structured report.
+"""Streaming validation of a raw CSV upload (docs/design.md §3), with a structured report.
 
 This runs in the ``onboard`` Lambda function and in the processing job, so it uses the
 ``csv`` module on a byte stream: memory stays bounded whatever the upload holds (an
