@@ -2,7 +2,7 @@
 
 :class:`MultiModelEndpoint` behaves like a SageMaker endpoint running the inference
 pipeline [scikit-learn preprocessor container → Linear Learner in MultiModel mode]
-(design.md §4): the local stack's ASGI front calls :meth:`MultiModelEndpoint.invoke` for
+(docs/design.md §4): the local stack's ASGI front calls :meth:`MultiModelEndpoint.invoke` for
 every ``POST /endpoints/{name}/invocations`` and sends :meth:`InvokeResult.render`'s
 answer back, which boto3's ``sagemaker-runtime`` client parses like AWS's.
 
