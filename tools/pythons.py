@@ -205,16 +205,19 @@ def main(argv: list[str] | None = None) -> int:
         interpreter = probe(exe)
         if interpreter is None:
             why = "not found" if not Path(exe).exists() else "try running it by hand"
-            print(
-                f"PYTHON={args.exe}: does not run as a Python interpreter ({why}).", file=sys.stderr
-            )
-            return 1
-        problem = interpreter.problem()
-        if problem:
-            print(f"PYTHON={args.exe}: {problem}.", file=sys.stderr)
-            return 1
-        print(interpreter.path)
-        return 0
+            problem = f"does not run as a Python interpreter ({why})"
+        else:
+            problem = interpreter.problem() or ""
+        if not problem and interpreter is not None:
+            print(interpreter.path)
+            return 0
+        print(f"PYTHON={args.exe}: {problem}.", file=sys.stderr)
+        good = usable(discover())
+        if good:
+            print("Supported interpreters found here:", file=sys.stderr)
+            for candidate in good:
+                print(f"  PYTHON={candidate.path}  ({candidate.release})", file=sys.stderr)
+        return 1
 
     found = discover()
     if args.command == "list":

@@ -82,9 +82,14 @@ def test_check_accepts_this_python_and_refuses_what_is_not_one(tmp_path: Path) -
     fake = tmp_path / "python3.12"
     fake.write_text("#!/bin/sh\nexit 127\n")
     fake.chmod(0o755)
-    result = run("check", str(fake))
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python3").symlink_to(sys.executable)
+    isolated = {"PATH": str(tmp_path / "bin"), "PYENV_ROOT": str(tmp_path), "HOME": str(tmp_path)}
+    result = run("check", str(fake), **isolated)
     assert result.returncode == 1
     assert f"PYTHON={fake}: does not run" in result.stderr
+    # and it names the interpreters that would do
+    assert f"PYTHON={os.path.realpath(sys.executable)}" in result.stderr
 
 
 def test_primary_on_a_machine_without_a_supported_python_exits_1_with_the_advice(
