@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from citymodels_devkit.paths import WORK_DIR
+from citymodels_devkit.paths import state_dir
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -54,7 +54,7 @@ def _gen_data(args: argparse.Namespace) -> int:
     ) as progress:
         task = progress.add_task("generating cities", total=args.cities)
         summary = write_dataset(
-            args.out,
+            args.out or state_dir() / "data",
             args.cities,
             args.rows,
             seed=args.seed,
@@ -75,7 +75,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     run_demo(
         DemoOptions(
-            work_dir=args.work_dir,
+            work_dir=args.work_dir or state_dir() / "demo",
             cities=args.cities,
             rows=args.rows,
             seed=args.seed,
@@ -741,7 +741,7 @@ def _metrics_command(args: argparse.Namespace) -> int:
             "minutes: the endpoint publishes them when it is invoked (on AWS every minute, "
             "a few minutes late); try a larger --since"
         )
-    charts = write_charts(metrics, Path(args.out))
+    charts = write_charts(metrics, Path(args.out or state_dir() / "charts"))
     if args.json:
         _print_json({**metrics.to_dict(), "charts": [str(p) for p in charts]})
         return 0
@@ -1125,9 +1125,9 @@ def _add_operator_commands(commands: Any) -> None:
     metrics.add_argument(
         "--out",
         type=Path,
-        default=WORK_DIR / "charts",
+        default=None,
         metavar="DIR",
-        help="where the PNG charts go (default .citymodels/charts)",
+        help="where the PNG charts go (default .citymodels/charts in the project's root)",
     )
     metrics.add_argument(
         "--variant", default="AllTraffic", help="the production variant (default AllTraffic)"
@@ -1175,8 +1175,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--out",
         type=Path,
-        default=WORK_DIR / "data",
-        help="output directory (default .citymodels/data)",
+        default=None,
+        help="output directory (default .citymodels/data in the project's root)",
     )
     gen.add_argument("--header", action="store_true", help="write a header row")
     gen.set_defaults(handler=_gen_data)
@@ -1212,9 +1212,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--work-dir",
         type=Path,
-        default=WORK_DIR / "demo",
+        default=None,
         help="where data, the stack's files, charts and logs go; what an earlier demo "
-        "wrote there is replaced (default .citymodels/demo)",
+        "wrote there is replaced (default .citymodels/demo in the project's root)",
     )
     demo.add_argument(
         "--keep-running",
@@ -1228,7 +1228,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _local_options(args: argparse.Namespace) -> Any:
+def _local_options(args: argparse.Namespace, work_dir: Path) -> Any:
     from citymodels_devkit.local.stack import LocalOptions
 
     overrides = {"LogLevel": args.log_level}
@@ -1243,7 +1243,7 @@ def _local_options(args: argparse.Namespace) -> Any:
         aws_port=args.aws_port,
         api_port=args.api_port,
         parameter_overrides=overrides,
-        work_dir=WORK_DIR / "local",
+        work_dir=work_dir,
         mme_max_models=args.mme_max_models,
         mme_max_memory_mb=args.mme_max_memory_mb,
         model_overhead_mb=args.model_overhead_mb,
@@ -1263,22 +1263,27 @@ def _render_outputs(outputs: dict[str, str], path: Path) -> None:
 
 
 def _local_up(args: argparse.Namespace) -> int:
-    from citymodels_devkit.local.run import run_foreground, start_detached
+    from citymodels_devkit.local.run import StackFiles, run_foreground, start_detached
     from citymodels_devkit.local.stack import LocalStack
 
-    outputs_path = Path(args.outputs_file)
+    files = StackFiles.of(args.outputs_file)
+    outputs_path = files.outputs
     if args.detach:
         argv = [a for a in (args.raw_argv or []) if a != "--detach"]
-        outputs = start_detached(argv, outputs_path)
+        outputs = start_detached(argv, files)
+        down = "citymodels local down" + (
+            f" --outputs-file {shlex.quote(str(args.outputs_file))}" if args.outputs_file else ""
+        )
         if args.json:
             _print_json(outputs)
         else:
             _render_outputs(outputs, outputs_path)
-            _out().print(
-                "running in the background (log: .citymodels/local.log); stop it with: citymodels local down"
-            )
+            # print() not rich: paths and a command to copy, never folded mid-word
+            print(f"running in the background (log: {files.log}); stop it with: {down}")
         return 0
-    stack = LocalStack(Path(args.template) if args.template else None, _local_options(args))
+    stack = LocalStack(
+        Path(args.template) if args.template else None, _local_options(args, files.work_dir)
+    )
 
     def ready(outputs: dict[str, str]) -> None:
         if args.json:
@@ -1287,15 +1292,19 @@ def _local_up(args: argparse.Namespace) -> int:
             _render_outputs(outputs, outputs_path)
             _out().print("serving; Ctrl-C stops the stack")
 
-    run_foreground(stack, outputs_path, on_ready=ready)
+    run_foreground(stack, files, on_ready=ready)
     return 0
 
 
 def _local_down(args: argparse.Namespace) -> int:
-    from citymodels_devkit.local.run import stop_detached
+    from citymodels_devkit.local.run import StackFiles, stop_detached
 
-    pid = stop_detached()
-    _out().print(f"stopped the local stack (pid {pid})")
+    files = StackFiles.of(args.outputs_file)
+    pid = stop_detached(files)
+    if args.json:
+        _print_json({"stopped": pid, "outputs": str(files.outputs)})
+    else:
+        _out().print(_text(f"stopped the local stack (pid {pid}, outputs {files.outputs})"))
     return 0
 
 
@@ -1327,8 +1336,14 @@ def _add_local_commands(commands: Any) -> None:
         "--aws-port", type=int, default=4566, help="the AWS endpoint's port (default 4566)"
     )
     up.add_argument("--api-port", type=int, default=3000, help="the HTTP API's port (default 3000)")
-    up.add_argument("--outputs-file", default=str(WORK_DIR / "outputs.json"),
-                    help="where the outputs JSON goes (default .citymodels/outputs.json)")  # fmt: skip
+    up.add_argument(
+        "--outputs-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="where the outputs JSON goes (default .citymodels/outputs.json in the project's "
+        "root); a second stack needs its own, and its own --aws-port and --api-port",
+    )
     up.add_argument(
         "--detach",
         action="store_true",
@@ -1366,7 +1381,19 @@ def _add_local_commands(commands: Any) -> None:
     )
     up.add_argument("--json", action="store_true", help="print the outputs as JSON")
     up.set_defaults(handler=_local_up, command_name="local up")
-    down = local_commands.add_parser("down", help="stop a stack started with --detach")
+    down = local_commands.add_parser(
+        "down",
+        help="stop a local stack (the one writing .citymodels/outputs.json by default)",
+        description="Stop the local stack whose outputs are in --outputs-file.",
+    )
+    down.add_argument(
+        "--outputs-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the stack's outputs file, as given to local up (default .citymodels/outputs.json)",
+    )
+    down.add_argument("--json", action="store_true", help="print JSON")
     down.set_defaults(handler=_local_down, command_name="local down")
 
 

@@ -7,7 +7,9 @@ A stack is known by its outputs (design.md §3): ``DataBucket``, ``ApiUrl``,
 1. ``--outputs FILE``: a JSON object of those keys;
 2. ``--stack-name NAME``: CloudFormation ``DescribeStacks`` Outputs;
 3. the environment variable ``CITYMODELS_OUTPUTS`` (a file, as ``--outputs``);
-4. ``.citymodels/outputs.json``, which ``citymodels local up`` writes, when it exists.
+4. ``.citymodels/outputs.json`` in the project's root (found from any directory inside
+   it, :func:`~citymodels_devkit.paths.state_dir`), which ``citymodels local up``
+   writes, when it exists.
 
 Clients reach AWS, or any endpoint: ``--endpoint-url`` first, then the standard
 ``AWS_ENDPOINT_URL`` variables (boto3 reads them itself), then the outputs'
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from citymodels.errors import CityModelsError
-from citymodels_devkit.paths import WORK_DIR
+from citymodels_devkit.paths import WORK_DIR, project_root, state_dir
 
 if TYPE_CHECKING:
     from citymodels.registry import Registry
@@ -158,7 +160,7 @@ def find_outputs(
     stack_name: str | None,
     cloudformation: Callable[[], Any],
     environ: Mapping[str, str] = os.environ,
-    default_file: Path = DEFAULT_OUTPUTS_FILE,
+    default_file: Path | None = None,
 ) -> StackOutputs:
     """Find the stack's outputs (the order is in the module's docstring).
 
@@ -176,12 +178,18 @@ def find_outputs(
     from_env = environ.get(OUTPUTS_ENV)
     if from_env:
         return read_outputs_file(Path(from_env))
+    if default_file is None:
+        default_file = state_dir() / DEFAULT_OUTPUTS_FILE.name
     if default_file.exists():
         return read_outputs_file(default_file)
+    where = (
+        f"looked for {default_file}"
+        if project_root() is not None
+        else f"looked for {default_file}; {Path.cwd()} is in no citymodels project"
+    )
     raise StackError(
         "no stack outputs: pass --stack-name NAME (a deployed stack) or --outputs FILE, "
-        f"set {OUTPUTS_ENV}, or start the local stack (citymodels local up writes "
-        f"{default_file})",
+        f"set {OUTPUTS_ENV}, or start the local stack (citymodels local up; {where})",
         field="outputs",
     )
 

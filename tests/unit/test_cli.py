@@ -390,6 +390,32 @@ def test_outputs_are_found_or_their_absence_explained(
     )
 
 
+def test_the_local_stack_is_found_from_any_directory_of_the_project(
+    run, aws: Aws, outputs, tmp_path, monkeypatch
+):
+    # GIVEN a project whose root holds the local stack's .citymodels/outputs.json
+    seed_published(aws, V1, 9000.0)
+    root = tmp_path / "project"
+    (root / "docs" / "img").mkdir(parents=True)
+    (root / "template.yaml").write_text("Resources: {}\n")
+    (root / "pyproject.toml").write_text("[project]\n")
+    (root / ".citymodels").mkdir()
+    (root / ".citymodels" / "outputs.json").write_text(outputs.read_text())
+    # WHEN a command runs from a subdirectory THEN it finds the stack at the root
+    monkeypatch.chdir(root / "docs" / "img")
+    assert run("models", CITY, "--json").json()["current_version"] == V1
+    # and outside any project the message says where it looked
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert_one_line_error(
+        run("status"),
+        "status",
+        f"looked for {elsewhere.resolve()}/.citymodels/outputs.json",
+        "is in no citymodels project",
+    )
+
+
 def test_aws_errors_are_one_line(run, aws: Aws, tmp_path):
     missing_bucket = write_outputs(tmp_path / "a.json", DataBucket="no-such-bucket")
     (tmp_path / "houses.csv").write_bytes(upload(raw_rows(60)))
