@@ -14,6 +14,8 @@ from botocore.exceptions import ClientError
 
 from citymodels_devkit.cli import main as cli_main
 from citymodels_devkit.datagen import generate, true_price
+from citymodels_devkit.local.template import load_yaml
+from citymodels_devkit.paths import REPO_ROOT
 from tests.conftest import raw_rows, upload
 from tests.integration.conftest import Running
 
@@ -148,11 +150,18 @@ def test_a_key_is_denied_another_city(
     status, body = local.api(
         "POST", "cities/Chicago_IL/predictions", {"instances": [HOUSE]}, key=secret
     )
-    assert status == 403, body
+    # API Gateway's own answers are the template's gateway responses, as on AWS
+    responses = load_yaml(REPO_ROOT / "template.yaml")["Resources"]["RestApi"]["Properties"][
+        "GatewayResponses"
+    ]
+    denied = json.loads(responses["ACCESS_DENIED"]["ResponseTemplates"]["application/json"])
+    assert (status, body) == (403, denied)
     # and the cached policy (by key) is right for other paths too
-    assert local.api("GET", "cities/Chicago_IL", key=secret)[0] == 403
+    assert local.api("GET", "cities/Chicago_IL", key=secret) == (403, denied)
     assert local.api("POST", "cities/NewYork_NY/rollback", {"version": "x"}, key=secret)[0] == 403
-    assert local.api("GET", "cities", key="")[0] == 401
+    unauthorized = json.loads(responses["UNAUTHORIZED"]["ResponseTemplates"]["application/json"])
+    assert local.api("GET", "cities", key="") == (401, unauthorized)
+    assert local.api("GET", "cities", key="cmk_unknown") == (401, unauthorized)
 
 
 def _copy_model(local: Running, source_city: str, target: str) -> str:

@@ -32,6 +32,12 @@ def edited_template(tmp: Path) -> Path:
         r"(RawPrefix:\n(?:\s+.*\n)*?\s+Default:\s*)raw/", r"\1incoming/", text
     )
     text, route_edits = re.subn(r"Path: /openapi\.json", "Path: /docs/openapi.json", text)
+    text, response_edits = re.subn(
+        r'"message": "missing or unknown API key',
+        '"message": "edited: missing or unknown key',
+        text,
+    )
+    assert response_edits == 1, "the template's UNAUTHORIZED gateway response was not found"
     assert raw_edits == 1, "the template's RawPrefix default was not found"
     assert route_edits == 1, "the template's OpenAPI route was not found"
     for name in ("functions", "layers", "preprocessing"):
@@ -85,6 +91,15 @@ def test_routes_follow_the_template(edited: Running) -> None:
     assert (status, body) == (403, {"message": "Missing Authentication Token"})
     status, body = edited.api("GET", "docs/openapi.json", key="")
     assert status == 404, body
+
+
+def test_gateway_responses_follow_the_template(edited: Running) -> None:
+    status, body = edited.api("GET", "cities", key="")
+    assert status == 401
+    assert body == {
+        "code": "unauthorized",
+        "message": "edited: missing or unknown key (Authorization: Bearer <key>)",
+    }
 
 
 def test_a_request_waiting_on_a_slow_load_gets_429(edited: Running) -> None:
