@@ -276,6 +276,7 @@ def _onboard(args: argparse.Namespace) -> int:
             raise InvalidUpload(f"{path.name} was not uploaded: {report.summary()}", report)
     stack = _stack(args)
     bucket = stack.outputs.data_bucket
+    key = operations.upload_key(args.city, path, stack.outputs.raw_prefix)
     registry = stack.registry() if args.wait else None
     known = operations.runs_of_key(registry, args.city, key) if registry is not None else set()
     with _progress(DownloadColumn(), TransferSpeedColumn()) as progress:
@@ -288,6 +289,7 @@ def _onboard(args: argparse.Namespace) -> int:
             check=False,
             report=report,
             progress=lambda sent: progress.advance(task, sent),
+            prefix=stack.outputs.raw_prefix,
         )
     follow = f"citymodels status {args.city}{_stack_flags(args)}"
     if not args.json:

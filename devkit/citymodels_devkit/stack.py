@@ -79,6 +79,13 @@ class StackOutputs:
         return self.values.get(name) or None
 
     @property
+    def raw_prefix(self) -> str:
+        """Where uploads land: the stack's ``RawPrefix`` parameter (``raw/`` if unknown)."""
+        from citymodels.layout import RAW_PREFIX
+
+        return self.get("RawPrefix") or RAW_PREFIX
+
+    @property
     def data_bucket(self) -> str:
         """The DataBucket."""
         return self.require("DataBucket")
@@ -151,6 +158,10 @@ def describe_stack_outputs(cloudformation: Any, stack_name: str) -> StackOutputs
     values = {
         o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", []) if "OutputKey" in o
     }
+    # where uploads land is a parameter of the template, not an output (design.md §3)
+    for parameter in stacks[0].get("Parameters", []):
+        if parameter.get("ParameterKey") == "RawPrefix" and parameter.get("ParameterValue"):
+            values.setdefault("RawPrefix", parameter["ParameterValue"])
     return StackOutputs(values, f"stack {stack_name}")
 
 

@@ -14,6 +14,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from citymodels_devkit.cli import main as cli_main
 from citymodels_devkit.paths import REPO_ROOT
 from tests.conftest import raw_rows, upload
 from tests.integration.conftest import Running, start_stack
@@ -74,6 +75,26 @@ def test_uploads_follow_the_raw_prefix_of_the_template(edited: Running) -> None:
     assert final["key"] == followed
     assert [u["key"] for u in edited.city("Chicago_IL")["uploads"]] == [followed]
     assert ignored.startswith("raw/")
+
+
+def test_onboard_uploads_under_the_stacks_raw_prefix(
+    edited: Running, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN the stack's outputs, as local up writes them, and a city's CSV
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps(edited.outputs))
+    (tmp_path / "houses.csv").write_bytes(upload(raw_rows(80)))
+    # WHEN the user onboards it and waits
+    code = cli_main(
+        ["onboard", "Dallas_TX", str(tmp_path / "houses.csv"), "--outputs", str(outputs),
+         "--wait", "--interval", "0.2", "--timeout", "60", "--json"]
+    )  # fmt: skip
+    # THEN it went under the template's RawPrefix and its run was followed to the end
+    # (FAILED: this stack's Linear Learner loss is one it rejects)
+    out = capsys.readouterr().out  # after the in-process functions' EMF lines
+    answer = json.loads(out[out.index('{\n  "city"') :])
+    assert answer["key"] == "incoming/Dallas_TX/houses.csv"
+    assert (code, answer["run"]["status"]) == (1, "FAILED")
 
 
 def test_a_training_job_that_fails_is_failed_with_its_reason(edited: Running) -> None:

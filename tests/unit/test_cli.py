@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 import threading
+import time
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -150,8 +151,46 @@ def test_onboard_checks_then_uploads_to_the_city_raw_key(run, aws: Aws, outputs:
         "--wait", "--interval", "0.01", "--timeout", "0.05",
     )  # fmt: skip
     assert result.code == 1
-    assert "gave up waiting after 0.05 s: no run was recorded yet" in result.err
+    assert f"gave up waiting after 0.05 s: no run was recorded for raw/{CITY}/few.csv" in result.err
     assert f"raw/{CITY}/few.csv" in objects(aws)
+
+
+def test_onboard_uploads_under_the_stacks_raw_prefix_and_gives_up_when_nothing_records_it(
+    run, aws: Aws, outputs: Path, tmp_path, monkeypatch
+):
+    # GIVEN a stack whose uploads land under incoming/ (its RawPrefix)
+    values = json.loads(outputs.read_text())
+    prefixed = write_outputs(tmp_path / "incoming.json", **values, RawPrefix="incoming/")
+    (tmp_path / "houses.csv").write_bytes(upload(raw_rows(60)))
+    # AND a stack that records no run within (here) 0.2 s
+    monkeypatch.setattr("citymodels_devkit.operations.RECORD_TIMEOUT", 0.2)
+    # WHEN the user onboards and waits with the default 30-minute --timeout
+    started = time.monotonic()
+    result = run(
+        "onboard", CITY, tmp_path / "houses.csv", "--outputs", prefixed,
+        "--wait", "--interval", "0.05",
+    )  # fmt: skip
+    # THEN the file is under incoming/, and the wait gave up promptly, saying why
+    assert objects(aws) == [f"incoming/{CITY}/houses.csv"]
+    assert result.code == 1
+    assert time.monotonic() - started < 10
+    assert f"no run was recorded for incoming/{CITY}/houses.csv" in result.err
+    assert "RawPrefix" in result.err and f"citymodels status {CITY}" in result.err
+
+
+def test_a_deployed_stacks_raw_prefix_is_its_parameter():
+    answer = describe_stacks_answer("cmtest", {"DataBucket": BUCKET})
+    answer["Stacks"][0]["Parameters"] = [
+        {"ParameterKey": "RawPrefix", "ParameterValue": "drop/"},
+        {"ParameterKey": "LogLevel", "ParameterValue": "INFO"},
+    ]
+
+    class CloudFormation:
+        def describe_stacks(self, StackName: str) -> dict[str, Any]:  # noqa: N803
+            return answer
+
+    found = find_outputs(outputs_file=None, stack_name="x", cloudformation=CloudFormation)
+    assert found.raw_prefix == "drop/"
 
 
 def test_a_bad_csv_is_reported_with_its_rows_and_not_uploaded(

@@ -373,6 +373,8 @@ class LocalStack:
         outputs["AdminApiKey"] = secret
         if "FailureQueue" in clients.queue_urls:
             outputs.setdefault("FailureQueueUrl", clients.queue_urls["FailureQueue"])
+        if "RawPrefix" in stack.parameters:  # where the onboard rule listens (onboard reads it)
+            outputs.setdefault("RawPrefix", stack.parameters["RawPrefix"])
         return outputs
 
     # -- helpers for tests, the demo and benchmarks -----------------------------------
