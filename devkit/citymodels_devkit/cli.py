@@ -35,15 +35,25 @@ if TYPE_CHECKING:
     from citymodels_devkit.stack import Stack
 
 API_KEY_ENV = "CITYMODELS_API_KEY"
+DEFAULT_METRICS_MINUTES = 30.0
 
 
 def _gen_data(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
+    from citymodels.validation import DEFAULT_LIMITS
     from citymodels_devkit.datagen import write_dataset
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, highlight=False)
+    if args.rows < DEFAULT_LIMITS.min_rows:
+        console.print(
+            _text(
+                f"warning: --rows {args.rows} is under the {DEFAULT_LIMITS.min_rows} rows an "
+                "upload needs: the stack will reject every one of these files",
+                "yellow",
+            )
+        )
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -62,10 +72,26 @@ def _gen_data(args: argparse.Namespace) -> int:
             header=args.header,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
+    if args.json:
+        _print_json(
+            {
+                "out_dir": str(summary.out_dir),
+                "cities": list(summary.cities),
+                "rows": summary.rows,
+                "seed": summary.seed,
+                "noise": summary.noise,
+                "files": [str(p) for p in summary.csv_paths],
+                "ground_truth": str(summary.ground_truth_path),
+                "bytes": summary.total_bytes,
+            }
+        )
+        return 0
     console.print(
-        f"wrote {len(summary.cities)} cities x {summary.rows} rows "
-        f"({summary.total_bytes / 1e6:.1f} MB) to {summary.out_dir}/ "
-        f"and the ground truth to {summary.ground_truth_path}"
+        _text(
+            f"wrote {len(summary.cities)} cities x {summary.rows} rows "
+            f"({summary.total_bytes / 1e6:.1f} MB) to {summary.out_dir}/ "
+            f"and the ground truth to {summary.ground_truth_path}"
+        )
     )
     return 0
 
@@ -337,7 +363,11 @@ def _render_run(run: Run) -> None:
     if run.duplicate_of:
         line.append(f" (same content as version {run.duplicate_of})")
     if run.reason:
-        line.append(f": {run.reason}")
+        reason = run.reason
+        said = f"{run.status.lower()}: "
+        if reason.lower().startswith(said):  # "REJECTED: rejected: ..." says it twice
+            reason = reason[len(said) :]
+        line.append(f": {reason}")
     console = _out()
     console.print(line)
     if run.metrics:
@@ -462,18 +492,32 @@ def _models(args: argparse.Namespace) -> int:
     if not data["versions"]:
         console.print(_text(f"{data['city']} has no published version yet"))
         return 0
-    table = _table("version", "published", "metrics", "", title=data["city"], ids=["version"])
-    for version in data["versions"]:
-        marker = ""
-        if version["current"]:
-            marker = "current (pinned)" if data["pinned"] else "current"
-        table.add_row(
-            _text(version["version"]),
-            _text(_when(version["published_at"])),
-            _text(_metrics(version["metrics"])),
-            _text(marker, "green"),
-        )
-    console.print(table)
+
+    def marker(version: dict[str, Any]) -> str:
+        if not version["current"]:
+            return ""
+        return "current (pinned)" if data["pinned"] else "current"
+
+    if console.width < VERSION_WIDTH + 60:
+        # too narrow for a table that keeps version ids whole: one block per version
+        console.print(_text(data["city"], "italic"))
+        for version in data["versions"]:
+            line = _text(version["version"])
+            if marker(version):
+                line.append(f"  {marker(version)}", "green")
+            console.print(line, soft_wrap=True)
+            details = [_when(version["published_at"]), _metrics(version["metrics"], ", ")]
+            console.print(_text("  published " + ", ".join(d for d in details if d)))
+    else:
+        table = _table("version", "published", "metrics", "", title=data["city"], ids=["version"])
+        for version in data["versions"]:
+            table.add_row(
+                _text(version["version"]),
+                _text(_when(version["published_at"])),
+                _text(_metrics(version["metrics"])),
+                _text(marker(version), "green"),
+            )
+        console.print(table)
     if data["removed"]:
         console.print(_text("removed: no version is served", "red"))
     return 0
@@ -500,7 +544,9 @@ def _remove(args: argparse.Namespace) -> int:
 
     data = operations.remove(_stack(args).registry(), args.city)
     note = (
-        "stopped serving; its uploads, runs and models are kept (the data is not deleted). "
+        "removed: the API answers 404 for it once the predict function's alias cache "
+        "expires (the template's AliasCacheSeconds, 5 s by default); its uploads, runs and "
+        "models are kept (the data is not deleted). "
         f"citymodels rollback {data['city']} VERSION, or a new upload, serves it again."
     )
     if args.json:
@@ -635,13 +681,11 @@ def _images(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(images.to_dict())
         return 0
-    table = _table("image", "uri", title=f"images in {region}")
-    table.add_row(_text(f"scikit-learn {images.sklearn_version}"), _text(images.sklearn))
-    table.add_row(_text("linear-learner"), _text(images.linear_learner))
-    console = _out()
-    console.print(table)
-    console.print()
-    # print() not rich: one unbroken line to copy, whatever the terminal's width
+    # print() not rich: URIs to copy, never folded mid-word whatever the terminal's width
+    print(f"images in {region}")
+    print(f"  scikit-learn {images.sklearn_version}: {images.sklearn}")
+    print(f"  linear-learner: {images.linear_learner}")
+    print()
     print(f"sam deploy --parameter-overrides {images.parameter_overrides}")
     return 0
 
@@ -712,14 +756,22 @@ def _metric_value(value: float, statistic: str, unit: str) -> str:
 
 
 def _metrics_command(args: argparse.Namespace) -> int:
+    import dataclasses
     import math
     from datetime import UTC, datetime, timedelta
 
     from citymodels_devkit import operations
-    from citymodels_devkit.metrics import MME_METRICS, default_period, read_endpoint_metrics
+    from citymodels_devkit.metrics import (
+        MME_METRICS,
+        default_period,
+        read_endpoint_metrics,
+        variants_with_metrics,
+    )
     from citymodels_devkit.plots import write_charts
 
-    if args.since <= 0:
+    fit_to_data = args.since is None  # default: up to 30 minutes, from the first datapoint
+    since = DEFAULT_METRICS_MINUTES if args.since is None else args.since
+    if since <= 0:
         raise operations.UsageError("--since must be a positive number of minutes", field="since")
     if args.period is not None and args.period < 1:
         raise operations.UsageError("--period must be at least 1 second", field="period")
@@ -727,7 +779,7 @@ def _metrics_command(args: argparse.Namespace) -> int:
     endpoint = stack.outputs.endpoint_name
     period = args.period or default_period(local=stack.is_local)
     end = datetime.now(UTC)
-    start = end - timedelta(minutes=args.since)
+    start = end - timedelta(minutes=since)
     with _err().status(_esc(f"reading {endpoint}'s metrics from CloudWatch")):
         metrics = read_endpoint_metrics(
             stack.client("cloudwatch"),
@@ -738,11 +790,21 @@ def _metrics_command(args: argparse.Namespace) -> int:
             variant_name=args.variant,
         )
     if metrics.empty:
+        variants = variants_with_metrics(stack.client("cloudwatch"), endpoint)
+        if variants and args.variant not in variants:
+            raise operations.UsageError(
+                f"endpoint {endpoint} has no metrics for variant {args.variant!r}: its "
+                f"variants with metrics are {', '.join(sorted(variants))} (--variant NAME)",
+                field="variant",
+            )
         raise operations.OperationFailed(
-            f"no metrics for endpoint {endpoint} ({args.variant}) in the last {args.since:g} "
+            f"no metrics for endpoint {endpoint} ({args.variant}) in the last {since:g} "
             "minutes: the endpoint publishes them when it is invoked (on AWS every minute, "
             "a few minutes late); try a larger --since"
         )
+    if fit_to_data:
+        first = min(s.timestamps[0] for s in metrics.series.values() if len(s))
+        metrics = dataclasses.replace(metrics, start=max(metrics.start, first))
     charts = write_charts(metrics, Path(args.out or state_dir() / "charts"))
     if args.json:
         _print_json({**metrics.to_dict(), "charts": [str(p) for p in charts]})
@@ -750,7 +812,8 @@ def _metrics_command(args: argparse.Namespace) -> int:
     periods = max((len(series) for series in metrics.series.values()), default=0)
     table = _table(
         "metric", "statistic", "max", "last", "total",
-        title=f"{endpoint} / {args.variant}: last {args.since:g} min, period {period} s "
+        title=f"{endpoint} / {args.variant}: from {metrics.start:%H:%M:%S} to "
+        f"{metrics.end:%H:%M:%S} UTC, period {period} s "
         f"({periods} periods with data)",
     )  # fmt: skip
     for query in MME_METRICS:
@@ -1120,9 +1183,10 @@ def _add_operator_commands(commands: Any) -> None:
     metrics.add_argument(
         "--since",
         type=float,
-        default=30.0,
+        default=None,
         metavar="MINUTES",
-        help="how far back to read (default 30)",
+        help=f"how far back to read (default {DEFAULT_METRICS_MINUTES:g}, charted from the "
+        "first datapoint, so a young stack fills the chart)",
     )
     metrics.add_argument(
         "--out",
@@ -1181,6 +1245,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="output directory (default .citymodels/data in the project's root)",
     )
     gen.add_argument("--header", action="store_true", help="write a header row")
+    gen.add_argument("--json", action="store_true", help="print what was written as JSON on stdout")
     gen.set_defaults(handler=_gen_data)
 
     demo = commands.add_parser(
@@ -1254,13 +1319,14 @@ def _local_options(args: argparse.Namespace, work_dir: Path) -> Any:
 
 
 def _render_outputs(outputs: dict[str, str], path: Path) -> None:
-    table = _table("output", "value", title="citymodels local stack")
+    # print() not rich: values are copied (URLs, the key), so never folded mid-word
+    print("citymodels local stack")
+    width = max(map(len, outputs), default=0)
     for name, value in outputs.items():
-        table.add_row(name, _esc(value))
-    _out().print(table)
-    _out().print(
-        f"outputs written to {path}; point any AWS client at it with "
-        f"[bold]export AWS_ENDPOINT_URL={outputs.get('AwsEndpointUrl', '')}[/bold]"
+        print(f"  {name:<{width}}  {value}")
+    print(f"outputs written to {path}")
+    print(
+        f"point any AWS client at it: export AWS_ENDPOINT_URL={outputs.get('AwsEndpointUrl', '')}"
     )
 
 

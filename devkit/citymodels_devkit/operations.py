@@ -573,16 +573,18 @@ class Priced:
     """Round-trip time of each request (one per :data:`API_MAX_ROWS` rows)."""
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the answer as a JSON-ready mapping."""
-        versions = sorted(set(self.model_versions))
+        """Return the answer as a JSON-ready mapping, of one shape whatever the row count:
+        ``model_version`` the version that answered the last request (a string),
+        ``model_versions`` every one that answered, ``latency_ms`` one per request."""
         return {
             "city": self.city,
-            "model_version": versions[0] if len(versions) == 1 else versions,
+            "model_version": self.model_versions[-1] if self.model_versions else None,
+            "model_versions": sorted(set(self.model_versions)),
             "predictions": [
                 {"price": price, **({"actual": actual} if actual is not None else {})}
                 for price, actual in zip(self.prices, self.actual, strict=True)
             ],
-            "latency_ms": self.latency_ms[0] if len(self.latency_ms) == 1 else self.latency_ms,
+            "latency_ms": list(self.latency_ms),
         }
 
 

@@ -252,6 +252,19 @@ def test_metrics_command_prints_the_series_and_writes_the_charts(
     assert cli.main(["metrics", "--outputs", str(outputs), "--out", str(tmp_path / "c2")]) == 0
     out = capsys.readouterr().out
     assert "period 60 s" in out and "LoadedModelCount" in out and "ModelCountMemUtilization" in out
+    # by default the range starts at the first datapoint: a young stack fills the chart
+    assert cli.main(["metrics", "--outputs", str(outputs), "--period", "1", "--json",
+                     "--out", str(tmp_path / "c3")]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["start"].startswith(
+        base.strftime("%Y-%m-%dT%H:%M:%S")
+    )
+    # and a variant with no metrics is named, with those that have some
+    code = cli.main(["metrics", "--outputs", str(outputs), "--variant", "Nope",
+                     "--out", str(tmp_path / "c4")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "no metrics for variant 'Nope'" in err and "AllTraffic" in err
+    assert "--since" not in err
 
 
 def test_metrics_command_without_metrics_is_one_line(
