@@ -387,6 +387,9 @@ def _status(args: argparse.Namespace) -> int:
         data = operations.city_detail(registry, args.city)
     else:
         data = {"cities": operations.cities_overview(registry)}
+        bucket = stack.outputs.get("DataBucket")
+        if bucket:
+            data["rejected_keys"] = operations.rejected_keys(stack.client("s3"), bucket)
     queue_url = stack.outputs.get("FailureQueueUrl")
     if queue_url:
         data["failure_queue"] = operations.failure_queue(stack.client("sqs"), queue_url)
@@ -394,9 +397,11 @@ def _status(args: argparse.Namespace) -> int:
         _print_json(data)
         return 0
     if args.city:
-        _render_city(data)
+        _render_city(data, _stack_flags(args))
     else:
         _render_cities(data["cities"], _stack_flags(args))
+    if "rejected_keys" in data:
+        _render_rejected_keys(data["rejected_keys"], _stack_flags(args))
     if "failure_queue" in data:
         _render_failures(data["failure_queue"])
     return 0
@@ -434,7 +439,26 @@ def _render_cities(cities: list[dict[str, Any]], flags: str) -> None:
     console.print(table)
 
 
-def _render_city(city: dict[str, Any]) -> None:
+def _render_rejected_keys(rejected: dict[str, Any], flags: str) -> None:
+    if not rejected["count"]:
+        return
+    console = _out()
+    console.print(
+        _text(
+            f"{rejected['count']} upload(s) rejected before reaching a city (a key naming no "
+            "valid city, or not a .csv), newest first:",
+            "red",
+        )
+    )
+    table = _table("time", "key", "reason")
+    for item in rejected["peek"]:
+        table.add_row(_text(_when(item["time"])), _text(item["key"]), _text(item["reason"]))
+    console.print(table)
+    newest = rejected["peek"][0]["report"]
+    print(f"full report: citymodels report {newest}{flags}")  # one line to copy
+
+
+def _render_city(city: dict[str, Any], flags: str = "") -> None:
     from rich.text import Text
 
     console = _out()
@@ -451,6 +475,12 @@ def _render_city(city: dict[str, Any]) -> None:
             _text(run.get("reason", "")),
         )
     console.print(table)
+    reported = [r for r in city["uploads"] if r.get("report_key") and r["status"] == "REJECTED"]
+    if reported:
+        # the reason is a summary; the report lists the bad rows (the first 100) and counts
+        print(
+            f"full report of the newest rejection: citymodels report {reported[0]['report_key']}{flags}"
+        )
 
 
 def _render_failures(queue: dict[str, Any]) -> None:
@@ -476,6 +506,36 @@ def _render_failures(queue: dict[str, Any]) -> None:
                 _text(message.get("event", "")),
             )
         console.print(table)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from citymodels_devkit import operations
+
+    stack = _stack(args)
+    report = operations.read_report(stack.client("s3"), stack.outputs.data_bucket, args.key)
+    if args.json:
+        _print_json(report)
+        return 0
+    console = _out()
+    console.print(_text(f"{args.key}: {report.get('summary', '')}"))
+    if report.get("key"):
+        console.print(_text(f"upload: {report['key']}"))
+    problems = [*report.get("file_problems", []), *report.get("row_problems", [])]
+    if problems:
+        table = _table("line", "column", "problem")
+        for problem in problems:
+            table.add_row(
+                _text(problem.get("line", "")),
+                _text(problem.get("column", "")),
+                _text(problem.get("message", "")),
+            )
+        console.print(table)
+    if report.get("row_problems_not_listed"):
+        counts = ", ".join(f"{c}: {n:,}" for c, n in report.get("problem_counts", {}).items())
+        console.print(
+            _text(f"... and {report['row_problems_not_listed']:,} more not listed ({counts})")
+        )
+    return 0
 
 
 # -- models, rollback, remove ----------------------------------------------------------
@@ -1003,6 +1063,19 @@ def _add_operator_commands(commands: Any) -> None:
         ),
     )
     status.add_argument("city", metavar="CITY", nargs="?", help="one city's uploads")
+
+    report = command(
+        "report",
+        _report,
+        help="a rejection's or the gate's full report (as citymodels status names it)",
+        description=(
+            "Print a report the stack wrote in the DataBucket: an upload's validation "
+            "(reports/CITY/RUN/validation.json: every file problem and the first 100 bad "
+            "rows, with counts of all), the quality gate's, or that of an upload rejected "
+            "before reaching a city (reports/_rejected/HASH.json)."
+        ),
+    )
+    report.add_argument("key", metavar="REPORT_KEY", help="the report's key (reports/...)")
 
     predict = command(
         "predict",

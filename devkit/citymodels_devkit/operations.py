@@ -276,6 +276,57 @@ def city_detail(registry: Registry, city: str) -> dict[str, Any]:
     return {**state.to_dict(), "uploads": [run.to_dict() for run in registry.list_runs(city)]}
 
 
+def rejected_keys(s3: Any, bucket: str, *, peek: int = 10) -> dict[str, Any]:
+    """Return the uploads rejected before reaching any city (a key naming no valid city,
+    or no ``.csv`` name): how many, and the newest ``peek`` described.
+
+    The onboard function files their reports under ``reports/_rejected/{sha256(key)}.json``
+    (the registry has no city to file them under), so they are read from the bucket.
+    """
+    from citymodels.layout import REJECTED_PREFIX
+
+    found: list[tuple[Any, str]] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=REJECTED_PREFIX):
+        found += [(o["LastModified"], o["Key"]) for o in page.get("Contents", [])]
+    found.sort(reverse=True)
+    described = []
+    for modified, report in found[:peek]:
+        body = json.loads(s3.get_object(Bucket=bucket, Key=report)["Body"].read())
+        described.append(
+            {
+                "time": modified.isoformat().replace("+00:00", "Z"),
+                "key": body.get("key", ""),
+                "reason": body.get("summary", ""),
+                "report": report,
+            }
+        )
+    return {"count": len(found), "peek": described}
+
+
+def read_report(s3: Any, bucket: str, key: str) -> dict[str, Any]:
+    """Return a report the stack wrote (``reports/...json``) as JSON data.
+
+    Raises
+    ------
+    UsageError
+        No such report, or ``key`` is not under ``reports/``.
+    """
+    from citymodels.layout import REPORTS_PREFIX
+
+    key = key.removeprefix(f"s3://{bucket}/")
+    if not key.startswith(REPORTS_PREFIX):
+        raise UsageError(
+            f"{key!r} is not a report key (they start with {REPORTS_PREFIX}; "
+            "citymodels status lists them)",
+            field="report",
+        )
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except s3.exceptions.NoSuchKey as err:
+        raise UsageError(f"no report at s3://{bucket}/{key}", field="report") from err
+    return dict(json.loads(body))
+
+
 def failure_queue(sqs: Any, queue_url: str, *, peek: int = 10) -> dict[str, Any]:
     """Return how many messages wait in the failure queue, and a look at a few.
 

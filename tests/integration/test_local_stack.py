@@ -80,6 +80,52 @@ def test_bad_csv_is_rejected_with_a_report_and_no_job(local: Running) -> None:
     assert len(sagemaker.list_processing_jobs(MaxResults=100)["ProcessingJobSummaries"]) == before
 
 
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = cli_main(argv)
+    out = capsys.readouterr().out
+    # what the in-process functions print (EMF metrics) is not the CLI's
+    return code, "\n".join(line for line in out.splitlines() if not line.startswith('{"_aws"'))
+
+
+def test_every_rejected_upload_is_in_status_with_its_report_one_command_away(
+    local: Running, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN uploads the stack rejects: keys naming no valid city, and a city's bad rows
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps(local.outputs))
+    s3 = local.client("s3")
+    for key in ("raw/New York/houses.csv", "raw/houses.csv", "raw/Austin_TX/houses.txt"):
+        s3.put_object(Bucket=local.bucket, Key=key, Body=upload(raw_rows(60)))
+    bad = [*raw_rows(200), *[f"1990,big{i},3,2,1,1,y,n,300000" for i in range(150)]]
+    final = local.wait_upload("Seattle_WA", local.upload("Seattle_WA", upload(bad), "bad.csv"))
+    assert final["status"] == "REJECTED"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        code, out = _cli(["status", "--outputs", str(outputs), "--json"], capsys)
+        rejected = json.loads(out)["rejected_keys"]
+        if rejected["count"] >= 3:
+            break
+        time.sleep(0.2)
+    # WHEN the operator looks at the stack's status THEN each is there, with its reason
+    assert {"raw/New York/houses.csv", "raw/houses.csv", "raw/Austin_TX/houses.txt"} <= {
+        item["key"] for item in rejected["peek"]
+    }
+    code, out = _cli(["status", "--outputs", str(outputs)], capsys)
+    assert code == 0 and "rejected before reaching a city" in out
+    # AND the full report is one command away, the one status prints
+    (command,) = [line for line in out.splitlines() if line.startswith("full report: ")]
+    argv = command.removeprefix("full report: citymodels ").split()
+    code, out = _cli(argv, capsys)
+    assert code == 0 and "upload: raw/" in out
+    # AND a city's rejection names its report, which lists the first 100 bad rows of 150
+    code, out = _cli(["status", "Seattle_WA", "--outputs", str(outputs)], capsys)
+    (command,) = [line for line in out.splitlines() if line.startswith("full report of")]
+    argv = command.split("citymodels ", 1)[1].split()
+    code, out = _cli([*argv, "--json"], capsys)
+    report = json.loads(out)
+    assert len(report["row_problems"]) == 100 and report["row_problems_not_listed"] == 50
+
+
 def test_a_new_city_goes_live_without_a_restart(
     local: Running, new_york: dict[str, object]
 ) -> None:

@@ -349,6 +349,17 @@ def test_a_deployed_stack_is_found_by_its_name(aws_credentials):
             )
 
 
+def test_report_names_what_it_cannot_show_in_one_line(run, aws: Aws, outputs: Path):
+    assert_one_line_error(
+        run("report", "raw/x.csv", "--outputs", outputs), "report", "is not a report key"
+    )
+    assert_one_line_error(
+        run("report", "reports/_rejected/0.json", "--outputs", outputs),
+        "report",
+        f"no report at s3://{BUCKET}/reports/_rejected/0.json",
+    )
+
+
 def test_models_keeps_whole_versions_and_the_current_marker_at_80_columns(
     run, aws: Aws, outputs: Path, monkeypatch
 ):
