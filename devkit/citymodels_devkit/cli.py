@@ -696,7 +696,7 @@ def _access_policy(args: argparse.Namespace) -> int:
         name = stack.outputs.endpoint_name
         region = stack.region_name or (LOCAL_REGION if stack.is_local else None)
         if not region:
-            raise operations.UsageError("no AWS region: pass --region or set AWS_REGION")
+            raise operations.UsageError("no AWS region: pass --region or set AWS_DEFAULT_REGION")
         if args.account:
             try:
                 partition = stack.session.get_partition_for_region(region)
@@ -733,7 +733,7 @@ def _images(args: argparse.Namespace) -> int:
     if not region:
         from citymodels_devkit.stack import new_session
 
-        region = new_session().region_name
+        region = new_session().region_name or os.environ.get("AWS_REGION")
     if not region:
         raise UsageError("no region: pass --region REGION (the stack's)", field="region")
     with _err().status("looking up images"):
@@ -985,7 +985,9 @@ def _add_stack_options(parser: argparse.ArgumentParser, *, suppress: bool) -> No
         "else .citymodels/outputs.json as citymodels local up writes it)",
     )
     parser.add_argument(
-        "--region", default=default, help="AWS region (default: boto3's, e.g. AWS_REGION)"
+        "--region",
+        default=default,
+        help="AWS region (default: boto3's, e.g. AWS_DEFAULT_REGION, else AWS_REGION)",
     )
     parser.add_argument(
         "--endpoint-url",

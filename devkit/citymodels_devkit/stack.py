@@ -244,7 +244,8 @@ class Stack:
     stack_name, outputs_file
         How to find the outputs (see :func:`find_outputs`).
     region
-        ``--region``; boto3's own resolution (``AWS_REGION``, the profile) otherwise.
+        ``--region``; boto3's own resolution (``AWS_DEFAULT_REGION``, the profile), then
+        ``AWS_REGION``, otherwise.
     endpoint_url
         ``--endpoint-url``; see the module docstring for what applies without it.
     session
@@ -291,8 +292,10 @@ class Stack:
 
     @property
     def region_name(self) -> str | None:
-        """The region clients use (None when nothing names one)."""
-        return self.region or self.session.region_name
+        """The region clients use (None when nothing names one): ``--region``, boto3's
+        (``AWS_DEFAULT_REGION``, the profile), else ``AWS_REGION``, which boto3 ignores but
+        Lambda and most other SDKs set and read."""
+        return self.region or self.session.region_name or self.environ.get("AWS_REGION") or None
 
     def client(self, service: str) -> Any:
         """Return a (cached) boto3 client for ``service`` that reaches the stack."""
@@ -358,7 +361,7 @@ def explain_aws_error(err: BaseException) -> str | None:
             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
         )
     if isinstance(err, NoRegionError):
-        return "no AWS region: pass --region or set AWS_REGION"
+        return "no AWS region: pass --region or set AWS_DEFAULT_REGION"
     if isinstance(err, ProfileNotFound):
         return str(err)
     if not isinstance(err, ClientError):

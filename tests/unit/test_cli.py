@@ -481,6 +481,22 @@ def test_the_local_stack_is_found_from_any_directory_of_the_project(
     )
 
 
+def test_aws_region_is_honoured_as_the_message_suggests(run, monkeypatch, tmp_path):
+    # GIVEN no region configured anywhere but AWS_REGION (what Lambda and other SDKs use)
+    from citymodels_devkit.stack import Stack
+
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    # THEN the stack's clients use it
+    assert Stack(outputs_file=tmp_path / "o.json").region_name == "eu-west-1"
+    # AND without it the message names a variable boto3 reads
+    monkeypatch.delenv("AWS_REGION")
+    from botocore.exceptions import NoRegionError
+
+    assert "AWS_DEFAULT_REGION" in str(explain_aws_error(NoRegionError()))
+
+
 def test_aws_errors_are_one_line(run, aws: Aws, tmp_path):
     missing_bucket = write_outputs(tmp_path / "a.json", DataBucket="no-such-bucket")
     (tmp_path / "houses.csv").write_bytes(upload(raw_rows(60)))
