@@ -152,6 +152,7 @@ def test_a_taken_aws_port_names_the_port_and_the_flag(project: Path, run: Any) -
     assert err.count("\n") == 1 and "Traceback" not in err
     assert f"port {port} on 127.0.0.1 is already in use" in err
     assert "--aws-port PORT" in err
+    assert "local stacks running here" not in err  # none but the one that failed
     assert not StackFiles.of().pid.exists() and not StackFiles.of().outputs.exists()
 
 

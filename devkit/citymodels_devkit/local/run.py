@@ -146,7 +146,8 @@ def release(files: StackFiles) -> None:
 
 def port_in_use_message(port: int, host: str, flag: str) -> str:
     """One line for a port another program holds, naming the option that moves it."""
-    holders = ", ".join(f"pid {pid} (outputs {out})" for pid, out in running_stacks())
+    others = [(pid, out) for pid, out in running_stacks() if pid != os.getpid()]
+    holders = ", ".join(f"pid {pid} (outputs {out})" for pid, out in others)
     who = f"; local stacks running here: {holders}" if holders else ""
     return (
         f"port {port} on {host} is already in use{who}: stop what listens there "
