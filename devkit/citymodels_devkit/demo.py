@@ -541,12 +541,12 @@ class Demo:
         write_outputs(outputs, self.outputs_path)
         self.stack = Stack(outputs_file=self.outputs_path)
         self.api = _Api(outputs["ApiUrl"], outputs["AdminApiKey"])
-        table = self._table("output", "value", title="stack outputs")
-        table.columns[1].overflow = "fold"
+        # one line per output, never folded mid-word: URLs and names are copied from here
+        self.console.print("stack outputs")
+        width = max(map(len, outputs), default=0)
         for name, value in outputs.items():
             shown = value[:12] + "…" if name == "AdminApiKey" else value
-            table.add_row(name, Text(shown))
-        self.console.print(table)
+            self.console.print(Text(f"  {name:<{width}}  {shown}"), soft_wrap=True)
         self.console.print(
             f"endpoint memory: {INSTANCE_MEMORY_MB / 1024:.0f} GiB instance, each model "
             f"standing for {sizing.model_overhead_mb:,.0f} MB: {sizing.fit} models fit "

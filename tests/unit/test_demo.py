@@ -328,6 +328,21 @@ class _FakeLocalStack:
         self.stopped = True
 
 
+def test_the_demo_prints_its_outputs_whole_on_a_narrow_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from citymodels_devkit.local import stack as local_stack
+
+    monkeypatch.setattr(local_stack, "LocalStack", _FakeLocalStack)
+    output = io.StringIO()
+    d = demo.Demo(DemoOptions(work_dir=tmp_path / "demo", cities=2), Console(file=output, width=30))
+    d.start_stack()
+    # the URLs, to copy into a client, are never folded mid-word
+    lines = output.getvalue().splitlines()
+    assert any(line.endswith("http://127.0.0.1:9/v1/") for line in lines)
+    assert any(line.endswith("http://127.0.0.1:9") and "AwsEndpointUrl" in line for line in lines)
+
+
 @pytest.mark.parametrize("error", [OperationFailed("boom"), KeyboardInterrupt()])
 def test_the_demo_never_leaves_a_stack_running(
     error: BaseException, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
