@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from citymodels_devkit.paths import WORK_DIR
+from citymodels_devkit.paths import state_dir
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -35,15 +35,25 @@ if TYPE_CHECKING:
     from citymodels_devkit.stack import Stack
 
 API_KEY_ENV = "CITYMODELS_API_KEY"
+DEFAULT_METRICS_MINUTES = 30.0
 
 
 def _gen_data(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
+    from citymodels.validation import DEFAULT_LIMITS
     from citymodels_devkit.datagen import write_dataset
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, highlight=False)
+    if args.rows < DEFAULT_LIMITS.min_rows:
+        console.print(
+            _text(
+                f"warning: --rows {args.rows} is under the {DEFAULT_LIMITS.min_rows} rows an "
+                "upload needs: the stack will reject every one of these files",
+                "yellow",
+            )
+        )
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -54,7 +64,7 @@ def _gen_data(args: argparse.Namespace) -> int:
     ) as progress:
         task = progress.add_task("generating cities", total=args.cities)
         summary = write_dataset(
-            args.out,
+            args.out or state_dir() / "data",
             args.cities,
             args.rows,
             seed=args.seed,
@@ -62,10 +72,26 @@ def _gen_data(args: argparse.Namespace) -> int:
             header=args.header,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
+    if args.json:
+        _print_json(
+            {
+                "out_dir": str(summary.out_dir),
+                "cities": list(summary.cities),
+                "rows": summary.rows,
+                "seed": summary.seed,
+                "noise": summary.noise,
+                "files": [str(p) for p in summary.csv_paths],
+                "ground_truth": str(summary.ground_truth_path),
+                "bytes": summary.total_bytes,
+            }
+        )
+        return 0
     console.print(
-        f"wrote {len(summary.cities)} cities x {summary.rows} rows "
-        f"({summary.total_bytes / 1e6:.1f} MB) to {summary.out_dir}/ "
-        f"and the ground truth to {summary.ground_truth_path}"
+        _text(
+            f"wrote {len(summary.cities)} cities x {summary.rows} rows "
+            f"({summary.total_bytes / 1e6:.1f} MB) to {summary.out_dir}/ "
+            f"and the ground truth to {summary.ground_truth_path}"
+        )
     )
     return 0
 
@@ -75,7 +101,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     run_demo(
         DemoOptions(
-            work_dir=args.work_dir,
+            work_dir=args.work_dir or state_dir() / "demo",
             cities=args.cities,
             rows=args.rows,
             seed=args.seed,
@@ -276,6 +302,7 @@ def _onboard(args: argparse.Namespace) -> int:
             raise InvalidUpload(f"{path.name} was not uploaded: {report.summary()}", report)
     stack = _stack(args)
     bucket = stack.outputs.data_bucket
+    key = operations.upload_key(args.city, path, stack.outputs.raw_prefix)
     registry = stack.registry() if args.wait else None
     known = operations.runs_of_key(registry, args.city, key) if registry is not None else set()
     with _progress(DownloadColumn(), TransferSpeedColumn()) as progress:
@@ -288,6 +315,7 @@ def _onboard(args: argparse.Namespace) -> int:
             check=False,
             report=report,
             progress=lambda sent: progress.advance(task, sent),
+            prefix=stack.outputs.raw_prefix,
         )
     follow = f"citymodels status {args.city}{_stack_flags(args)}"
     if not args.json:
@@ -335,7 +363,11 @@ def _render_run(run: Run) -> None:
     if run.duplicate_of:
         line.append(f" (same content as version {run.duplicate_of})")
     if run.reason:
-        line.append(f": {run.reason}")
+        reason = run.reason
+        said = f"{run.status.lower()}: "
+        if reason.lower().startswith(said):  # "REJECTED: rejected: ..." says it twice
+            reason = reason[len(said) :]
+        line.append(f": {reason}")
     console = _out()
     console.print(line)
     if run.metrics:
@@ -355,6 +387,9 @@ def _status(args: argparse.Namespace) -> int:
         data = operations.city_detail(registry, args.city)
     else:
         data = {"cities": operations.cities_overview(registry)}
+        bucket = stack.outputs.get("DataBucket")
+        if bucket:
+            data["rejected_keys"] = operations.rejected_keys(stack.client("s3"), bucket)
     queue_url = stack.outputs.get("FailureQueueUrl")
     if queue_url:
         data["failure_queue"] = operations.failure_queue(stack.client("sqs"), queue_url)
@@ -362,9 +397,11 @@ def _status(args: argparse.Namespace) -> int:
         _print_json(data)
         return 0
     if args.city:
-        _render_city(data)
+        _render_city(data, _stack_flags(args))
     else:
         _render_cities(data["cities"], _stack_flags(args))
+    if "rejected_keys" in data:
+        _render_rejected_keys(data["rejected_keys"], _stack_flags(args))
     if "failure_queue" in data:
         _render_failures(data["failure_queue"])
     return 0
@@ -402,7 +439,26 @@ def _render_cities(cities: list[dict[str, Any]], flags: str) -> None:
     console.print(table)
 
 
-def _render_city(city: dict[str, Any]) -> None:
+def _render_rejected_keys(rejected: dict[str, Any], flags: str) -> None:
+    if not rejected["count"]:
+        return
+    console = _out()
+    console.print(
+        _text(
+            f"{rejected['count']} upload(s) rejected before reaching a city (a key naming no "
+            "valid city, or not a .csv), newest first:",
+            "red",
+        )
+    )
+    table = _table("time", "key", "reason")
+    for item in rejected["peek"]:
+        table.add_row(_text(_when(item["time"])), _text(item["key"]), _text(item["reason"]))
+    console.print(table)
+    newest = rejected["peek"][0]["report"]
+    print(f"full report: citymodels report {newest}{flags}")  # one line to copy
+
+
+def _render_city(city: dict[str, Any], flags: str = "") -> None:
     from rich.text import Text
 
     console = _out()
@@ -419,6 +475,12 @@ def _render_city(city: dict[str, Any]) -> None:
             _text(run.get("reason", "")),
         )
     console.print(table)
+    reported = [r for r in city["uploads"] if r.get("report_key") and r["status"] == "REJECTED"]
+    if reported:
+        # the reason is a summary; the report lists the bad rows (the first 100) and counts
+        print(
+            f"full report of the newest rejection: citymodels report {reported[0]['report_key']}{flags}"
+        )
 
 
 def _render_failures(queue: dict[str, Any]) -> None:
@@ -446,6 +508,36 @@ def _render_failures(queue: dict[str, Any]) -> None:
         console.print(table)
 
 
+def _report(args: argparse.Namespace) -> int:
+    from citymodels_devkit import operations
+
+    stack = _stack(args)
+    report = operations.read_report(stack.client("s3"), stack.outputs.data_bucket, args.key)
+    if args.json:
+        _print_json(report)
+        return 0
+    console = _out()
+    console.print(_text(f"{args.key}: {report.get('summary', '')}"))
+    if report.get("key"):
+        console.print(_text(f"upload: {report['key']}"))
+    problems = [*report.get("file_problems", []), *report.get("row_problems", [])]
+    if problems:
+        table = _table("line", "column", "problem")
+        for problem in problems:
+            table.add_row(
+                _text(problem.get("line", "")),
+                _text(problem.get("column", "")),
+                _text(problem.get("message", "")),
+            )
+        console.print(table)
+    if report.get("row_problems_not_listed"):
+        counts = ", ".join(f"{c}: {n:,}" for c, n in report.get("problem_counts", {}).items())
+        console.print(
+            _text(f"... and {report['row_problems_not_listed']:,} more not listed ({counts})")
+        )
+    return 0
+
+
 # -- models, rollback, remove ----------------------------------------------------------
 
 
@@ -460,18 +552,32 @@ def _models(args: argparse.Namespace) -> int:
     if not data["versions"]:
         console.print(_text(f"{data['city']} has no published version yet"))
         return 0
-    table = _table("version", "published", "metrics", "", title=data["city"], ids=["version"])
-    for version in data["versions"]:
-        marker = ""
-        if version["current"]:
-            marker = "current (pinned)" if data["pinned"] else "current"
-        table.add_row(
-            _text(version["version"]),
-            _text(_when(version["published_at"])),
-            _text(_metrics(version["metrics"])),
-            _text(marker, "green"),
-        )
-    console.print(table)
+
+    def marker(version: dict[str, Any]) -> str:
+        if not version["current"]:
+            return ""
+        return "current (pinned)" if data["pinned"] else "current"
+
+    if console.width < VERSION_WIDTH + 60:
+        # too narrow for a table that keeps version ids whole: one block per version
+        console.print(_text(data["city"], "italic"))
+        for version in data["versions"]:
+            line = _text(version["version"])
+            if marker(version):
+                line.append(f"  {marker(version)}", "green")
+            console.print(line, soft_wrap=True)
+            details = [_when(version["published_at"]), _metrics(version["metrics"], ", ")]
+            console.print(_text("  published " + ", ".join(d for d in details if d)))
+    else:
+        table = _table("version", "published", "metrics", "", title=data["city"], ids=["version"])
+        for version in data["versions"]:
+            table.add_row(
+                _text(version["version"]),
+                _text(_when(version["published_at"])),
+                _text(_metrics(version["metrics"])),
+                _text(marker(version), "green"),
+            )
+        console.print(table)
     if data["removed"]:
         console.print(_text("removed: no version is served", "red"))
     return 0
@@ -498,7 +604,9 @@ def _remove(args: argparse.Namespace) -> int:
 
     data = operations.remove(_stack(args).registry(), args.city)
     note = (
-        "stopped serving; its uploads, runs and models are kept (the data is not deleted). "
+        "removed: the API answers 404 for it once the predict function's alias cache "
+        "expires (the template's AliasCacheSeconds, 5 s by default); its uploads, runs and "
+        "models are kept (the data is not deleted). "
         f"citymodels rollback {data['city']} VERSION, or a new upload, serves it again."
     )
     if args.json:
@@ -588,7 +696,7 @@ def _access_policy(args: argparse.Namespace) -> int:
         name = stack.outputs.endpoint_name
         region = stack.region_name or (LOCAL_REGION if stack.is_local else None)
         if not region:
-            raise operations.UsageError("no AWS region: pass --region or set AWS_REGION")
+            raise operations.UsageError("no AWS region: pass --region or set AWS_DEFAULT_REGION")
         if args.account:
             try:
                 partition = stack.session.get_partition_for_region(region)
@@ -625,7 +733,7 @@ def _images(args: argparse.Namespace) -> int:
     if not region:
         from citymodels_devkit.stack import new_session
 
-        region = new_session().region_name
+        region = new_session().region_name or os.environ.get("AWS_REGION")
     if not region:
         raise UsageError("no region: pass --region REGION (the stack's)", field="region")
     with _err().status("looking up images"):
@@ -633,13 +741,11 @@ def _images(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(images.to_dict())
         return 0
-    table = _table("image", "uri", title=f"images in {region}")
-    table.add_row(_text(f"scikit-learn {images.sklearn_version}"), _text(images.sklearn))
-    table.add_row(_text("linear-learner"), _text(images.linear_learner))
-    console = _out()
-    console.print(table)
-    console.print()
-    # print() not rich: one unbroken line to copy, whatever the terminal's width
+    # print() not rich: URIs to copy, never folded mid-word whatever the terminal's width
+    print(f"images in {region}")
+    print(f"  scikit-learn {images.sklearn_version}: {images.sklearn}")
+    print(f"  linear-learner: {images.linear_learner}")
+    print()
     print(f"sam deploy --parameter-overrides {images.parameter_overrides}")
     return 0
 
@@ -710,14 +816,22 @@ def _metric_value(value: float, statistic: str, unit: str) -> str:
 
 
 def _metrics_command(args: argparse.Namespace) -> int:
+    import dataclasses
     import math
     from datetime import UTC, datetime, timedelta
 
     from citymodels_devkit import operations
-    from citymodels_devkit.metrics import MME_METRICS, default_period, read_endpoint_metrics
+    from citymodels_devkit.metrics import (
+        MME_METRICS,
+        default_period,
+        read_endpoint_metrics,
+        variants_with_metrics,
+    )
     from citymodels_devkit.plots import write_charts
 
-    if args.since <= 0:
+    fit_to_data = args.since is None  # default: up to 30 minutes, from the first datapoint
+    since = DEFAULT_METRICS_MINUTES if args.since is None else args.since
+    if since <= 0:
         raise operations.UsageError("--since must be a positive number of minutes", field="since")
     if args.period is not None and args.period < 1:
         raise operations.UsageError("--period must be at least 1 second", field="period")
@@ -725,7 +839,7 @@ def _metrics_command(args: argparse.Namespace) -> int:
     endpoint = stack.outputs.endpoint_name
     period = args.period or default_period(local=stack.is_local)
     end = datetime.now(UTC)
-    start = end - timedelta(minutes=args.since)
+    start = end - timedelta(minutes=since)
     with _err().status(_esc(f"reading {endpoint}'s metrics from CloudWatch")):
         metrics = read_endpoint_metrics(
             stack.client("cloudwatch"),
@@ -736,19 +850,30 @@ def _metrics_command(args: argparse.Namespace) -> int:
             variant_name=args.variant,
         )
     if metrics.empty:
+        variants = variants_with_metrics(stack.client("cloudwatch"), endpoint)
+        if variants and args.variant not in variants:
+            raise operations.UsageError(
+                f"endpoint {endpoint} has no metrics for variant {args.variant!r}: its "
+                f"variants with metrics are {', '.join(sorted(variants))} (--variant NAME)",
+                field="variant",
+            )
         raise operations.OperationFailed(
-            f"no metrics for endpoint {endpoint} ({args.variant}) in the last {args.since:g} "
+            f"no metrics for endpoint {endpoint} ({args.variant}) in the last {since:g} "
             "minutes: the endpoint publishes them when it is invoked (on AWS every minute, "
             "a few minutes late); try a larger --since"
         )
-    charts = write_charts(metrics, Path(args.out))
+    if fit_to_data:
+        first = min(s.timestamps[0] for s in metrics.series.values() if len(s))
+        metrics = dataclasses.replace(metrics, start=max(metrics.start, first))
+    charts = write_charts(metrics, Path(args.out or state_dir() / "charts"))
     if args.json:
         _print_json({**metrics.to_dict(), "charts": [str(p) for p in charts]})
         return 0
     periods = max((len(series) for series in metrics.series.values()), default=0)
     table = _table(
         "metric", "statistic", "max", "last", "total",
-        title=f"{endpoint} / {args.variant}: last {args.since:g} min, period {period} s "
+        title=f"{endpoint} / {args.variant}: from {metrics.start:%H:%M:%S} to "
+        f"{metrics.end:%H:%M:%S} UTC, period {period} s "
         f"({periods} periods with data)",
     )  # fmt: skip
     for query in MME_METRICS:
@@ -860,7 +985,9 @@ def _add_stack_options(parser: argparse.ArgumentParser, *, suppress: bool) -> No
         "else .citymodels/outputs.json as citymodels local up writes it)",
     )
     parser.add_argument(
-        "--region", default=default, help="AWS region (default: boto3's, e.g. AWS_REGION)"
+        "--region",
+        default=default,
+        help="AWS region (default: boto3's, e.g. AWS_DEFAULT_REGION, else AWS_REGION)",
     )
     parser.add_argument(
         "--endpoint-url",
@@ -938,6 +1065,19 @@ def _add_operator_commands(commands: Any) -> None:
         ),
     )
     status.add_argument("city", metavar="CITY", nargs="?", help="one city's uploads")
+
+    report = command(
+        "report",
+        _report,
+        help="a rejection's or the gate's full report (as citymodels status names it)",
+        description=(
+            "Print a report the stack wrote in the DataBucket: an upload's validation "
+            "(reports/CITY/RUN/validation.json: every file problem and the first 100 bad "
+            "rows, with counts of all), the quality gate's, or that of an upload rejected "
+            "before reaching a city (reports/_rejected/HASH.json)."
+        ),
+    )
+    report.add_argument("key", metavar="REPORT_KEY", help="the report's key (reports/...)")
 
     predict = command(
         "predict",
@@ -1118,16 +1258,17 @@ def _add_operator_commands(commands: Any) -> None:
     metrics.add_argument(
         "--since",
         type=float,
-        default=30.0,
+        default=None,
         metavar="MINUTES",
-        help="how far back to read (default 30)",
+        help=f"how far back to read (default {DEFAULT_METRICS_MINUTES:g}, charted from the "
+        "first datapoint, so a young stack fills the chart)",
     )
     metrics.add_argument(
         "--out",
         type=Path,
-        default=WORK_DIR / "charts",
+        default=None,
         metavar="DIR",
-        help="where the PNG charts go (default .citymodels/charts)",
+        help="where the PNG charts go (default .citymodels/charts in the project's root)",
     )
     metrics.add_argument(
         "--variant", default="AllTraffic", help="the production variant (default AllTraffic)"
@@ -1175,10 +1316,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--out",
         type=Path,
-        default=WORK_DIR / "data",
-        help="output directory (default .citymodels/data)",
+        default=None,
+        help="output directory (default .citymodels/data in the project's root)",
     )
     gen.add_argument("--header", action="store_true", help="write a header row")
+    gen.add_argument("--json", action="store_true", help="print what was written as JSON on stdout")
     gen.set_defaults(handler=_gen_data)
 
     demo = commands.add_parser(
@@ -1212,9 +1354,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--work-dir",
         type=Path,
-        default=WORK_DIR / "demo",
+        default=None,
         help="where data, the stack's files, charts and logs go; what an earlier demo "
-        "wrote there is replaced (default .citymodels/demo)",
+        "wrote there is replaced (default .citymodels/demo in the project's root)",
     )
     demo.add_argument(
         "--keep-running",
@@ -1228,7 +1370,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _local_options(args: argparse.Namespace) -> Any:
+def _local_options(args: argparse.Namespace, work_dir: Path) -> Any:
     from citymodels_devkit.local.stack import LocalOptions
 
     overrides = {"LogLevel": args.log_level}
@@ -1243,7 +1385,7 @@ def _local_options(args: argparse.Namespace) -> Any:
         aws_port=args.aws_port,
         api_port=args.api_port,
         parameter_overrides=overrides,
-        work_dir=WORK_DIR / "local",
+        work_dir=work_dir,
         mme_max_models=args.mme_max_models,
         mme_max_memory_mb=args.mme_max_memory_mb,
         model_overhead_mb=args.model_overhead_mb,
@@ -1252,33 +1394,39 @@ def _local_options(args: argparse.Namespace) -> Any:
 
 
 def _render_outputs(outputs: dict[str, str], path: Path) -> None:
-    table = _table("output", "value", title="citymodels local stack")
+    # print() not rich: values are copied (URLs, the key), so never folded mid-word
+    print("citymodels local stack")
+    width = max(map(len, outputs), default=0)
     for name, value in outputs.items():
-        table.add_row(name, _esc(value))
-    _out().print(table)
-    _out().print(
-        f"outputs written to {path}; point any AWS client at it with "
-        f"[bold]export AWS_ENDPOINT_URL={outputs.get('AwsEndpointUrl', '')}[/bold]"
+        print(f"  {name:<{width}}  {value}")
+    print(f"outputs written to {path}")
+    print(
+        f"point any AWS client at it: export AWS_ENDPOINT_URL={outputs.get('AwsEndpointUrl', '')}"
     )
 
 
 def _local_up(args: argparse.Namespace) -> int:
-    from citymodels_devkit.local.run import run_foreground, start_detached
+    from citymodels_devkit.local.run import StackFiles, run_foreground, start_detached
     from citymodels_devkit.local.stack import LocalStack
 
-    outputs_path = Path(args.outputs_file)
+    files = StackFiles.of(args.outputs_file)
+    outputs_path = files.outputs
     if args.detach:
         argv = [a for a in (args.raw_argv or []) if a != "--detach"]
-        outputs = start_detached(argv, outputs_path)
+        outputs = start_detached(argv, files)
+        down = "citymodels local down" + (
+            f" --outputs-file {shlex.quote(str(args.outputs_file))}" if args.outputs_file else ""
+        )
         if args.json:
             _print_json(outputs)
         else:
             _render_outputs(outputs, outputs_path)
-            _out().print(
-                "running in the background (log: .citymodels/local.log); stop it with: citymodels local down"
-            )
+            # print() not rich: paths and a command to copy, never folded mid-word
+            print(f"running in the background (log: {files.log}); stop it with: {down}")
         return 0
-    stack = LocalStack(Path(args.template) if args.template else None, _local_options(args))
+    stack = LocalStack(
+        Path(args.template) if args.template else None, _local_options(args, files.work_dir)
+    )
 
     def ready(outputs: dict[str, str]) -> None:
         if args.json:
@@ -1287,15 +1435,19 @@ def _local_up(args: argparse.Namespace) -> int:
             _render_outputs(outputs, outputs_path)
             _out().print("serving; Ctrl-C stops the stack")
 
-    run_foreground(stack, outputs_path, on_ready=ready)
+    run_foreground(stack, files, on_ready=ready)
     return 0
 
 
 def _local_down(args: argparse.Namespace) -> int:
-    from citymodels_devkit.local.run import stop_detached
+    from citymodels_devkit.local.run import StackFiles, stop_detached
 
-    pid = stop_detached()
-    _out().print(f"stopped the local stack (pid {pid})")
+    files = StackFiles.of(args.outputs_file)
+    pid = stop_detached(files)
+    if args.json:
+        _print_json({"stopped": pid, "outputs": str(files.outputs)})
+    else:
+        _out().print(_text(f"stopped the local stack (pid {pid}, outputs {files.outputs})"))
     return 0
 
 
@@ -1327,8 +1479,14 @@ def _add_local_commands(commands: Any) -> None:
         "--aws-port", type=int, default=4566, help="the AWS endpoint's port (default 4566)"
     )
     up.add_argument("--api-port", type=int, default=3000, help="the HTTP API's port (default 3000)")
-    up.add_argument("--outputs-file", default=str(WORK_DIR / "outputs.json"),
-                    help="where the outputs JSON goes (default .citymodels/outputs.json)")  # fmt: skip
+    up.add_argument(
+        "--outputs-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="where the outputs JSON goes (default .citymodels/outputs.json in the project's "
+        "root); a second stack needs its own, and its own --aws-port and --api-port",
+    )
     up.add_argument(
         "--detach",
         action="store_true",
@@ -1366,7 +1524,19 @@ def _add_local_commands(commands: Any) -> None:
     )
     up.add_argument("--json", action="store_true", help="print the outputs as JSON")
     up.set_defaults(handler=_local_up, command_name="local up")
-    down = local_commands.add_parser("down", help="stop a stack started with --detach")
+    down = local_commands.add_parser(
+        "down",
+        help="stop a local stack (the one writing .citymodels/outputs.json by default)",
+        description="Stop the local stack whose outputs are in --outputs-file.",
+    )
+    down.add_argument(
+        "--outputs-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the stack's outputs file, as given to local up (default .citymodels/outputs.json)",
+    )
+    down.add_argument("--json", action="store_true", help="print JSON")
     down.set_defaults(handler=_local_down, command_name="local down")
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import shutil
 import signal
 import statistics
@@ -542,12 +541,12 @@ class Demo:
         write_outputs(outputs, self.outputs_path)
         self.stack = Stack(outputs_file=self.outputs_path)
         self.api = _Api(outputs["ApiUrl"], outputs["AdminApiKey"])
-        table = self._table("output", "value", title="stack outputs")
-        table.columns[1].overflow = "fold"
+        # one line per output, never folded mid-word: URLs and names are copied from here
+        self.console.print("stack outputs")
+        width = max(map(len, outputs), default=0)
         for name, value in outputs.items():
             shown = value[:12] + "…" if name == "AdminApiKey" else value
-            table.add_row(name, Text(shown))
-        self.console.print(table)
+            self.console.print(Text(f"  {name:<{width}}  {shown}"), soft_wrap=True)
         self.console.print(
             f"endpoint memory: {INSTANCE_MEMORY_MB / 1024:.0f} GiB instance, each model "
             f"standing for {sizing.model_overhead_mb:,.0f} MB: {sizing.fit} models fit "
@@ -1079,28 +1078,33 @@ class Demo:
             self.console.print(f"chart: {path}", soft_wrap=True)
         self.console.print(f"data, the stack's files and the functions' log: {self.work_dir}/")
 
-    def serve_until_stopped(self) -> None:
-        """Keep the stack up until Ctrl-C or SIGTERM (``citymodels local down``)."""
-        from citymodels_devkit.local.run import DEFAULT_OUTPUTS, PID_FILE, running_pid
-        from citymodels_devkit.local.stack import write_outputs
+    def serve_until_stopped(self, stop: threading.Event | None = None) -> None:
+        """Keep the stack up until Ctrl-C or SIGTERM (``citymodels local down``), or
+        ``stop``; its outputs go to ``.citymodels/outputs.json`` unless another local
+        stack writes there (that stack's files are left alone)."""
+        from citymodels_devkit.local.run import StackFiles, publish_outputs, release
 
-        stop = threading.Event()
+        stop = stop or threading.Event()
         previous = {
             s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)
         }
-        owns_default = running_pid() is None
+        files = StackFiles.of()
+        owns_default = publish_outputs(self.outputs, files)
         flags = "" if owns_default else f" --outputs {self.outputs_path}"
-        if owns_default:
-            write_outputs(self.outputs, DEFAULT_OUTPUTS)
-            PID_FILE.parent.mkdir(parents=True, exist_ok=True)
-            PID_FILE.write_text(f"{os.getpid()}\n{DEFAULT_OUTPUTS}\n")
         self.console.print()
+        if not owns_default:
+            self.console.print(
+                f"Another local stack writes {files.outputs}: left alone; this one's "
+                f"outputs are in {self.outputs_path}.",
+                soft_wrap=True,
+            )
         self.console.print(
             f"[bold]The stack is still running.[/bold] Try: citymodels status{flags}, "
             f"citymodels predict {self.cities[0]}{flags} YEAR_BUILT=1995 SQUARE_FEET=2500 "
             "NUM_BEDROOMS=3 NUM_BATHROOMS=2 LOT_ACRES=0.5 GARAGE_SPACES=2 FRONT_PORCH=y DECK=n, "
             f"citymodels metrics{flags}; AWS clients: export AWS_ENDPOINT_URL="
-            f"{self.outputs['AwsEndpointUrl']}"
+            f"{self.outputs['AwsEndpointUrl']}",
+            soft_wrap=True,  # commands to copy: never broken mid-word
         )
         self.console.print(
             "Stop it with Ctrl-C"
@@ -1113,8 +1117,7 @@ class Demo:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             if owns_default:
-                for path in (DEFAULT_OUTPUTS, PID_FILE):
-                    path.unlink(missing_ok=True)
+                release(files)
         self.console.print("stopping the local stack")
 
 

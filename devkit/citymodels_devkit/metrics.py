@@ -239,6 +239,22 @@ def _aligned(moment: datetime, period: int, *, up: bool = False) -> datetime:
     return datetime.fromtimestamp(rounded, UTC)
 
 
+def variants_with_metrics(cloudwatch: Any, endpoint_name: str) -> set[str]:
+    """Return the variants of ``endpoint_name`` CloudWatch has any ``AWS/SageMaker``
+    metric for (``ListMetrics``; AWS lists metrics with data in the last two weeks)."""
+    paginator = cloudwatch.get_paginator("list_metrics")
+    variants: set[str] = set()
+    pages = paginator.paginate(
+        Namespace="AWS/SageMaker", Dimensions=[{"Name": "EndpointName", "Value": endpoint_name}]
+    )
+    for page in pages:
+        for metric in page.get("Metrics", []):
+            for dimension in metric.get("Dimensions", []):
+                if dimension.get("Name") == "VariantName":
+                    variants.add(str(dimension.get("Value")))
+    return variants
+
+
 def _chunks(start: datetime, end: datetime, period: int) -> Iterable[tuple[datetime, datetime]]:
     """Split ``[start, end)`` into pieces of at most CHUNK_PERIODS periods."""
     step = timedelta(seconds=period * CHUNK_PERIODS)

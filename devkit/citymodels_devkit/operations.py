@@ -28,7 +28,7 @@ from typing import Any
 from citymodels.auth import target_model_policy, validate_patterns
 from citymodels.cities import validate_city_id
 from citymodels.errors import CityModelsError, InvalidRecord, InvalidUpload
-from citymodels.layout import raw_key
+from citymodels.layout import RAW_PREFIX, raw_key
 from citymodels.registry import DUPLICATE, FINAL, PUBLISHED, ApiKey, Registry, Run
 from citymodels.schema import COLUMNS, FEATURES, FLAG_FEATURES, LABEL, parse_flag, parse_number
 from citymodels.validation import ValidationReport, validate_upload
@@ -103,9 +103,10 @@ def _existing_file(path: Path) -> int:
     return stat.st_size
 
 
-def upload_key(city: str, path: Path) -> str:
-    """Return the key ``path`` is uploaded under for ``city`` (``raw/{city}/{name}``)."""
-    return raw_key(validate_city_id(city), path.name)
+def upload_key(city: str, path: Path, prefix: str = RAW_PREFIX) -> str:
+    """Return the key ``path`` is uploaded under for ``city`` (``{prefix}{city}/{name}``;
+    ``prefix`` is the stack's ``RawPrefix``)."""
+    return raw_key(validate_city_id(city), path.name, prefix=prefix)
 
 
 def check_upload(path: Path) -> ValidationReport:
@@ -124,8 +125,9 @@ def onboard(
     check: bool = True,
     report: ValidationReport | None = None,
     progress: Callable[[int], None] | None = None,
+    prefix: str = RAW_PREFIX,
 ) -> Upload:
-    """Check a city's CSV locally, then upload it to ``raw/{city}/{file name}``.
+    """Check a city's CSV locally, then upload it to ``{prefix}{city}/{file name}``.
 
     Parameters
     ----------
@@ -139,6 +141,8 @@ def onboard(
         The file's report when the caller has already checked it (then kept as it is).
     progress
         Called with the bytes sent since the last call.
+    prefix
+        The stack's ``RawPrefix`` (``raw/`` by default), where its onboard rule listens.
 
     Raises
     ------
@@ -147,7 +151,7 @@ def onboard(
     InvalidUpload
         The file failed the check (``report`` says which rows and why); nothing uploaded.
     """
-    key = upload_key(city, path)
+    key = upload_key(city, path, prefix)
     size = _existing_file(path)
     if check and report is None:
         report = check_upload(path)
@@ -176,6 +180,11 @@ def runs_of_key(registry: Registry, city: str, key: str) -> set[str]:
         return set()
 
 
+RECORD_TIMEOUT = 60.0
+"""Seconds ``--wait`` waits for an upload's run to be recorded at all (the onboard
+function records it within seconds of the upload, on AWS as locally)."""
+
+
 def wait_for_run(
     registry: Registry,
     city: str,
@@ -184,6 +193,7 @@ def wait_for_run(
     known: Iterable[str] = (),
     timeout: float = 1800.0,
     interval: float = 5.0,
+    record_timeout: float | None = None,
     on_update: Callable[[Run | None], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
@@ -195,16 +205,23 @@ def wait_for_run(
     known
         Runs of ``key`` that existed before the upload (see :func:`runs_of_key`): the
         new upload's run is the first other one recorded for the key.
+    record_timeout
+        Give up sooner, after this many seconds (default :data:`RECORD_TIMEOUT`), when
+        no run is recorded at all: the stack did not see the upload, and waiting longer
+        will not change that.
     on_update
         Called after every poll with the run (None until it is recorded).
 
     Raises
     ------
     OperationFailed
-        ``timeout`` seconds passed first (the run may still finish).
+        ``timeout`` seconds passed first (the run may still finish), or
+        ``record_timeout`` with no run recorded.
     """
     known = set(known)
-    deadline = clock() + timeout
+    record_timeout = RECORD_TIMEOUT if record_timeout is None else record_timeout
+    started = clock()
+    deadline = started + timeout
     run: Run | None = None
     while True:
         fresh = [r for r in registry.list_runs(city) if r.key == key and r.run not in known]
@@ -213,6 +230,13 @@ def wait_for_run(
             on_update(run)
         if run is not None and run.status in FINAL:
             return run
+        if run is None and clock() - started >= min(record_timeout, timeout):
+            raise OperationFailed(
+                f"gave up waiting after {min(record_timeout, timeout):g} s: no run was recorded for "
+                f"{key}, so the stack has not seen the upload (is the key under the stack's "
+                f"RawPrefix? did its onboard function fail? citymodels status shows the "
+                f"failure queue); follow it with: citymodels status {city}"
+            )
         if clock() >= deadline:
             where = f"its run is still {run.status}" if run else "no run was recorded yet"
             raise OperationFailed(
@@ -250,6 +274,57 @@ def city_detail(registry: Registry, city: str) -> dict[str, Any]:
     """
     state = registry.get_city(city)
     return {**state.to_dict(), "uploads": [run.to_dict() for run in registry.list_runs(city)]}
+
+
+def rejected_keys(s3: Any, bucket: str, *, peek: int = 10) -> dict[str, Any]:
+    """Return the uploads rejected before reaching any city (a key naming no valid city,
+    or no ``.csv`` name): how many, and the newest ``peek`` described.
+
+    The onboard function files their reports under ``reports/_rejected/{sha256(key)}.json``
+    (the registry has no city to file them under), so they are read from the bucket.
+    """
+    from citymodels.layout import REJECTED_PREFIX
+
+    found: list[tuple[Any, str]] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=REJECTED_PREFIX):
+        found += [(o["LastModified"], o["Key"]) for o in page.get("Contents", [])]
+    found.sort(reverse=True)
+    described = []
+    for modified, report in found[:peek]:
+        body = json.loads(s3.get_object(Bucket=bucket, Key=report)["Body"].read())
+        described.append(
+            {
+                "time": modified.isoformat().replace("+00:00", "Z"),
+                "key": body.get("key", ""),
+                "reason": body.get("summary", ""),
+                "report": report,
+            }
+        )
+    return {"count": len(found), "peek": described}
+
+
+def read_report(s3: Any, bucket: str, key: str) -> dict[str, Any]:
+    """Return a report the stack wrote (``reports/...json``) as JSON data.
+
+    Raises
+    ------
+    UsageError
+        No such report, or ``key`` is not under ``reports/``.
+    """
+    from citymodels.layout import REPORTS_PREFIX
+
+    key = key.removeprefix(f"s3://{bucket}/")
+    if not key.startswith(REPORTS_PREFIX):
+        raise UsageError(
+            f"{key!r} is not a report key (they start with {REPORTS_PREFIX}; "
+            "citymodels status lists them)",
+            field="report",
+        )
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except s3.exceptions.NoSuchKey as err:
+        raise UsageError(f"no report at s3://{bucket}/{key}", field="report") from err
+    return dict(json.loads(body))
 
 
 def failure_queue(sqs: Any, queue_url: str, *, peek: int = 10) -> dict[str, Any]:
@@ -549,16 +624,18 @@ class Priced:
     """Round-trip time of each request (one per :data:`API_MAX_ROWS` rows)."""
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the answer as a JSON-ready mapping."""
-        versions = sorted(set(self.model_versions))
+        """Return the answer as a JSON-ready mapping, of one shape whatever the row count:
+        ``model_version`` the version that answered the last request (a string),
+        ``model_versions`` every one that answered, ``latency_ms`` one per request."""
         return {
             "city": self.city,
-            "model_version": versions[0] if len(versions) == 1 else versions,
+            "model_version": self.model_versions[-1] if self.model_versions else None,
+            "model_versions": sorted(set(self.model_versions)),
             "predictions": [
                 {"price": price, **({"actual": actual} if actual is not None else {})}
                 for price, actual in zip(self.prices, self.actual, strict=True)
             ],
-            "latency_ms": self.latency_ms[0] if len(self.latency_ms) == 1 else self.latency_ms,
+            "latency_ms": list(self.latency_ms),
         }
 
 

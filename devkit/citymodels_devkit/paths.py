@@ -12,7 +12,32 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PREPROCESSING_DIR = REPO_ROOT / "preprocessing"
 LAYER_DIR = REPO_ROOT / "layers" / "common"
 WORK_DIR = Path(".citymodels")
-"""Local state (generated data, models, charts, stack outputs), relative to the cwd."""
+"""Local state (generated data, models, charts, stack outputs), in the project's root:
+see :func:`state_dir`."""
+PROJECT_MARKERS = ("template.yaml", "pyproject.toml")
+"""Files that together mark a citymodels project's root directory."""
+
+
+def project_root(start: Path | None = None) -> Path | None:
+    """Return the nearest directory at or above ``start`` (default: the cwd) holding
+    both :data:`PROJECT_MARKERS`, or None when there is none."""
+    here = (start or Path.cwd()).resolve()
+    for directory in (here, *here.parents):
+        if all((directory / marker).is_file() for marker in PROJECT_MARKERS):
+            return directory
+    return None
+
+
+def state_dir(start: Path | None = None) -> Path:
+    """Return the local state directory: ``.citymodels`` in the project's root.
+
+    Found from any directory inside the project, so ``citymodels status`` run from
+    ``docs/`` reaches the stack that ``citymodels local up`` started at the root. Outside
+    any project it is ``.citymodels`` in ``start`` (default: the cwd). Always absolute,
+    so messages say exactly where they looked.
+    """
+    here = (start or Path.cwd()).resolve()
+    return (project_root(here) or here) / WORK_DIR
 
 
 @cache

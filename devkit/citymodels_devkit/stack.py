@@ -7,7 +7,9 @@ A stack is known by its outputs (docs/design.md §3): ``DataBucket``, ``ApiUrl``
 1. ``--outputs FILE``: a JSON object of those keys;
 2. ``--stack-name NAME``: CloudFormation ``DescribeStacks`` Outputs;
 3. the environment variable ``CITYMODELS_OUTPUTS`` (a file, as ``--outputs``);
-4. ``.citymodels/outputs.json``, which ``citymodels local up`` writes, when it exists.
+4. ``.citymodels/outputs.json`` in the project's root (found from any directory inside
+   it, :func:`~citymodels_devkit.paths.state_dir`), which ``citymodels local up``
+   writes, when it exists.
 
 Clients reach AWS, or any endpoint: ``--endpoint-url`` first, then the standard
 ``AWS_ENDPOINT_URL`` variables (boto3 reads them itself), then the outputs'
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from citymodels.errors import CityModelsError
-from citymodels_devkit.paths import WORK_DIR
+from citymodels_devkit.paths import WORK_DIR, project_root, state_dir
 
 if TYPE_CHECKING:
     from citymodels.registry import Registry
@@ -75,6 +77,13 @@ class StackOutputs:
     def get(self, name: str) -> str | None:
         """Return an optional output, or None."""
         return self.values.get(name) or None
+
+    @property
+    def raw_prefix(self) -> str:
+        """Where uploads land: the stack's ``RawPrefix`` parameter (``raw/`` if unknown)."""
+        from citymodels.layout import RAW_PREFIX
+
+        return self.get("RawPrefix") or RAW_PREFIX
 
     @property
     def data_bucket(self) -> str:
@@ -149,6 +158,10 @@ def describe_stack_outputs(cloudformation: Any, stack_name: str) -> StackOutputs
     values = {
         o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", []) if "OutputKey" in o
     }
+    # where uploads land is a parameter of the template, not an output (docs/design.md §3)
+    for parameter in stacks[0].get("Parameters", []):
+        if parameter.get("ParameterKey") == "RawPrefix" and parameter.get("ParameterValue"):
+            values.setdefault("RawPrefix", parameter["ParameterValue"])
     return StackOutputs(values, f"stack {stack_name}")
 
 
@@ -158,7 +171,7 @@ def find_outputs(
     stack_name: str | None,
     cloudformation: Callable[[], Any],
     environ: Mapping[str, str] = os.environ,
-    default_file: Path = DEFAULT_OUTPUTS_FILE,
+    default_file: Path | None = None,
 ) -> StackOutputs:
     """Find the stack's outputs (the order is in the module's docstring).
 
@@ -176,12 +189,18 @@ def find_outputs(
     from_env = environ.get(OUTPUTS_ENV)
     if from_env:
         return read_outputs_file(Path(from_env))
+    if default_file is None:
+        default_file = state_dir() / DEFAULT_OUTPUTS_FILE.name
     if default_file.exists():
         return read_outputs_file(default_file)
+    where = (
+        f"looked for {default_file}"
+        if project_root() is not None
+        else f"looked for {default_file}; {Path.cwd()} is in no citymodels project"
+    )
     raise StackError(
         "no stack outputs: pass --stack-name NAME (a deployed stack) or --outputs FILE, "
-        f"set {OUTPUTS_ENV}, or start the local stack (citymodels local up writes "
-        f"{default_file})",
+        f"set {OUTPUTS_ENV}, or start the local stack (citymodels local up; {where})",
         field="outputs",
     )
 
@@ -225,7 +244,8 @@ class Stack:
     stack_name, outputs_file
         How to find the outputs (see :func:`find_outputs`).
     region
-        ``--region``; boto3's own resolution (``AWS_REGION``, the profile) otherwise.
+        ``--region``; boto3's own resolution (``AWS_DEFAULT_REGION``, the profile), then
+        ``AWS_REGION``, otherwise.
     endpoint_url
         ``--endpoint-url``; see the module docstring for what applies without it.
     session
@@ -272,8 +292,10 @@ class Stack:
 
     @property
     def region_name(self) -> str | None:
-        """The region clients use (None when nothing names one)."""
-        return self.region or self.session.region_name
+        """The region clients use (None when nothing names one): ``--region``, boto3's
+        (``AWS_DEFAULT_REGION``, the profile), else ``AWS_REGION``, which boto3 ignores but
+        Lambda and most other SDKs set and read."""
+        return self.region or self.session.region_name or self.environ.get("AWS_REGION") or None
 
     def client(self, service: str) -> Any:
         """Return a (cached) boto3 client for ``service`` that reaches the stack."""
@@ -339,7 +361,7 @@ def explain_aws_error(err: BaseException) -> str | None:
             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
         )
     if isinstance(err, NoRegionError):
-        return "no AWS region: pass --region or set AWS_REGION"
+        return "no AWS region: pass --region or set AWS_DEFAULT_REGION"
     if isinstance(err, ProfileNotFound):
         return str(err)
     if not isinstance(err, ClientError):

@@ -14,6 +14,8 @@ from botocore.exceptions import ClientError
 
 from citymodels_devkit.cli import main as cli_main
 from citymodels_devkit.datagen import generate, true_price
+from citymodels_devkit.local.template import load_yaml
+from citymodels_devkit.paths import REPO_ROOT
 from tests.conftest import raw_rows, upload
 from tests.integration.conftest import Running
 
@@ -76,6 +78,52 @@ def test_bad_csv_is_rejected_with_a_report_and_no_job(local: Running) -> None:
     body = local.client("s3").get_object(Bucket=local.bucket, Key=report_keys[0])["Body"].read()
     assert json.loads(body)["row_problems"][0]["line"] == 61
     assert len(sagemaker.list_processing_jobs(MaxResults=100)["ProcessingJobSummaries"]) == before
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = cli_main(argv)
+    out = capsys.readouterr().out
+    # what the in-process functions print (EMF metrics) is not the CLI's
+    return code, "\n".join(line for line in out.splitlines() if not line.startswith('{"_aws"'))
+
+
+def test_every_rejected_upload_is_in_status_with_its_report_one_command_away(
+    local: Running, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN uploads the stack rejects: keys naming no valid city, and a city's bad rows
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps(local.outputs))
+    s3 = local.client("s3")
+    for key in ("raw/New York/houses.csv", "raw/houses.csv", "raw/Austin_TX/houses.txt"):
+        s3.put_object(Bucket=local.bucket, Key=key, Body=upload(raw_rows(60)))
+    bad = [*raw_rows(200), *[f"1990,big{i},3,2,1,1,y,n,300000" for i in range(150)]]
+    final = local.wait_upload("Seattle_WA", local.upload("Seattle_WA", upload(bad), "bad.csv"))
+    assert final["status"] == "REJECTED"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        code, out = _cli(["status", "--outputs", str(outputs), "--json"], capsys)
+        rejected = json.loads(out)["rejected_keys"]
+        if rejected["count"] >= 3:
+            break
+        time.sleep(0.2)
+    # WHEN the operator looks at the stack's status THEN each is there, with its reason
+    assert {"raw/New York/houses.csv", "raw/houses.csv", "raw/Austin_TX/houses.txt"} <= {
+        item["key"] for item in rejected["peek"]
+    }
+    code, out = _cli(["status", "--outputs", str(outputs)], capsys)
+    assert code == 0 and "rejected before reaching a city" in out
+    # AND the full report is one command away, the one status prints
+    (command,) = [line for line in out.splitlines() if line.startswith("full report: ")]
+    argv = command.removeprefix("full report: citymodels ").split()
+    code, out = _cli(argv, capsys)
+    assert code == 0 and "upload: raw/" in out
+    # AND a city's rejection names its report, which lists the first 100 bad rows of 150
+    code, out = _cli(["status", "Seattle_WA", "--outputs", str(outputs)], capsys)
+    (command,) = [line for line in out.splitlines() if line.startswith("full report of")]
+    argv = command.split("citymodels ", 1)[1].split()
+    code, out = _cli([*argv, "--json"], capsys)
+    report = json.loads(out)
+    assert len(report["row_problems"]) == 100 and report["row_problems_not_listed"] == 50
 
 
 def test_a_new_city_goes_live_without_a_restart(
@@ -148,11 +196,18 @@ def test_a_key_is_denied_another_city(
     status, body = local.api(
         "POST", "cities/Chicago_IL/predictions", {"instances": [HOUSE]}, key=secret
     )
-    assert status == 403, body
+    # API Gateway's own answers are the template's gateway responses, as on AWS
+    responses = load_yaml(REPO_ROOT / "template.yaml")["Resources"]["RestApi"]["Properties"][
+        "GatewayResponses"
+    ]
+    denied = json.loads(responses["ACCESS_DENIED"]["ResponseTemplates"]["application/json"])
+    assert (status, body) == (403, denied)
     # and the cached policy (by key) is right for other paths too
-    assert local.api("GET", "cities/Chicago_IL", key=secret)[0] == 403
+    assert local.api("GET", "cities/Chicago_IL", key=secret) == (403, denied)
     assert local.api("POST", "cities/NewYork_NY/rollback", {"version": "x"}, key=secret)[0] == 403
-    assert local.api("GET", "cities", key="")[0] == 401
+    unauthorized = json.loads(responses["UNAUTHORIZED"]["ResponseTemplates"]["application/json"])
+    assert local.api("GET", "cities", key="") == (401, unauthorized)
+    assert local.api("GET", "cities", key="cmk_unknown") == (401, unauthorized)
 
 
 def _copy_model(local: Running, source_city: str, target: str) -> str:

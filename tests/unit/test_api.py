@@ -382,7 +382,9 @@ def test_unknown_city_and_city_without_a_model_are_404_saying_which(
     assert "nothing was ever uploaded" in body["message"]
     status, body, _ = call(predict_app, event_for("api_predict", city="SanJose_CA"), lambda_context)
     assert (status, body["code"]) == (404, "no_model")
-    assert "no model serving yet" in body["message"]
+    # it says what may be going on and where to look, in the operator's terms
+    assert "may still be processing or training" in body["message"]
+    assert "citymodels status SanJose_CA" in body["message"]
     assert runtime.calls == []
     # AND the city's details still list the rejected upload and why
     status, body, _ = call(

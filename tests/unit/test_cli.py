@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 import threading
+import time
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -150,8 +151,46 @@ def test_onboard_checks_then_uploads_to_the_city_raw_key(run, aws: Aws, outputs:
         "--wait", "--interval", "0.01", "--timeout", "0.05",
     )  # fmt: skip
     assert result.code == 1
-    assert "gave up waiting after 0.05 s: no run was recorded yet" in result.err
+    assert f"gave up waiting after 0.05 s: no run was recorded for raw/{CITY}/few.csv" in result.err
     assert f"raw/{CITY}/few.csv" in objects(aws)
+
+
+def test_onboard_uploads_under_the_stacks_raw_prefix_and_gives_up_when_nothing_records_it(
+    run, aws: Aws, outputs: Path, tmp_path, monkeypatch
+):
+    # GIVEN a stack whose uploads land under incoming/ (its RawPrefix)
+    values = json.loads(outputs.read_text())
+    prefixed = write_outputs(tmp_path / "incoming.json", **values, RawPrefix="incoming/")
+    (tmp_path / "houses.csv").write_bytes(upload(raw_rows(60)))
+    # AND a stack that records no run within (here) 0.2 s
+    monkeypatch.setattr("citymodels_devkit.operations.RECORD_TIMEOUT", 0.2)
+    # WHEN the user onboards and waits with the default 30-minute --timeout
+    started = time.monotonic()
+    result = run(
+        "onboard", CITY, tmp_path / "houses.csv", "--outputs", prefixed,
+        "--wait", "--interval", "0.05",
+    )  # fmt: skip
+    # THEN the file is under incoming/, and the wait gave up promptly, saying why
+    assert objects(aws) == [f"incoming/{CITY}/houses.csv"]
+    assert result.code == 1
+    assert time.monotonic() - started < 10
+    assert f"no run was recorded for incoming/{CITY}/houses.csv" in result.err
+    assert "RawPrefix" in result.err and f"citymodels status {CITY}" in result.err
+
+
+def test_a_deployed_stacks_raw_prefix_is_its_parameter():
+    answer = describe_stacks_answer("cmtest", {"DataBucket": BUCKET})
+    answer["Stacks"][0]["Parameters"] = [
+        {"ParameterKey": "RawPrefix", "ParameterValue": "drop/"},
+        {"ParameterKey": "LogLevel", "ParameterValue": "INFO"},
+    ]
+
+    class CloudFormation:
+        def describe_stacks(self, StackName: str) -> dict[str, Any]:  # noqa: N803
+            return answer
+
+    found = find_outputs(outputs_file=None, stack_name="x", cloudformation=CloudFormation)
+    assert found.raw_prefix == "drop/"
 
 
 def test_a_bad_csv_is_reported_with_its_rows_and_not_uploaded(
@@ -310,6 +349,30 @@ def test_a_deployed_stack_is_found_by_its_name(aws_credentials):
             )
 
 
+def test_report_names_what_it_cannot_show_in_one_line(run, aws: Aws, outputs: Path):
+    assert_one_line_error(
+        run("report", "raw/x.csv", "--outputs", outputs), "report", "is not a report key"
+    )
+    assert_one_line_error(
+        run("report", "reports/_rejected/0.json", "--outputs", outputs),
+        "report",
+        f"no report at s3://{BUCKET}/reports/_rejected/0.json",
+    )
+
+
+def test_models_keeps_whole_versions_and_the_current_marker_at_80_columns(
+    run, aws: Aws, outputs: Path, monkeypatch
+):
+    monkeypatch.setenv("COLUMNS", "80")
+    seed_published(aws, V1, 9000.0)
+    seed_published(aws, V2, 9500.0)
+    out = run("models", CITY, "--outputs", outputs).out
+    assert max(map(len, out.splitlines())) <= 80
+    (v2_line,) = [line for line in out.splitlines() if V2 in line]
+    assert "current" in v2_line
+    assert V1 in out and "test:mae=9,000" in out
+
+
 def test_models_rollback_and_remove(run, aws: Aws, outputs: Path):
     # GIVEN two published versions and a failed run
     seed_published(aws, V1, 9000.0)
@@ -329,7 +392,9 @@ def test_models_rollback_and_remove(run, aws: Aws, outputs: Path):
     # WHEN removed THEN nothing is served, and the user is told the data is kept
     removed = run("remove", CITY, "--outputs", outputs)
     assert removed.code == 0
-    assert "stopped serving" in removed.out and "kept" in removed.out
+    assert "kept" in removed.out
+    # and not that it stopped at once: warm functions hold the alias for a few seconds
+    assert "AliasCacheSeconds" in " ".join(removed.out.split())
     city = aws.registry.get_city(CITY)
     assert city.removed and not city.serving
     assert [r.run for r in aws.registry.list_runs(CITY)] == [V3, V2, V1]
@@ -388,6 +453,48 @@ def test_outputs_are_found_or_their_absence_explained(
     assert_one_line_error(
         run("cleanup", "--yes", "--outputs", no_bucket), "cleanup", "have no DataBucket"
     )
+
+
+def test_the_local_stack_is_found_from_any_directory_of_the_project(
+    run, aws: Aws, outputs, tmp_path, monkeypatch
+):
+    # GIVEN a project whose root holds the local stack's .citymodels/outputs.json
+    seed_published(aws, V1, 9000.0)
+    root = tmp_path / "project"
+    (root / "docs" / "img").mkdir(parents=True)
+    (root / "template.yaml").write_text("Resources: {}\n")
+    (root / "pyproject.toml").write_text("[project]\n")
+    (root / ".citymodels").mkdir()
+    (root / ".citymodels" / "outputs.json").write_text(outputs.read_text())
+    # WHEN a command runs from a subdirectory THEN it finds the stack at the root
+    monkeypatch.chdir(root / "docs" / "img")
+    assert run("models", CITY, "--json").json()["current_version"] == V1
+    # and outside any project the message says where it looked
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert_one_line_error(
+        run("status"),
+        "status",
+        f"looked for {elsewhere.resolve()}/.citymodels/outputs.json",
+        "is in no citymodels project",
+    )
+
+
+def test_aws_region_is_honoured_as_the_message_suggests(run, monkeypatch, tmp_path):
+    # GIVEN no region configured anywhere but AWS_REGION (what Lambda and other SDKs use)
+    from citymodels_devkit.stack import Stack
+
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    # THEN the stack's clients use it
+    assert Stack(outputs_file=tmp_path / "o.json").region_name == "eu-west-1"
+    # AND without it the message names a variable boto3 reads
+    monkeypatch.delenv("AWS_REGION")
+    from botocore.exceptions import NoRegionError
+
+    assert "AWS_DEFAULT_REGION" in str(explain_aws_error(NoRegionError()))
 
 
 def test_aws_errors_are_one_line(run, aws: Aws, tmp_path):
@@ -714,7 +821,9 @@ def test_predict_json_from_a_csv_file_keeps_the_actual_prices(
     assert data["model_version"] == V1 and data["city"] == CITY
     assert [p["price"] for p in data["predictions"]] == [100_000.0, 100_001.0, 100_002.0]
     assert all(p["actual"] > 0 for p in data["predictions"])
-    assert isinstance(data["latency_ms"], float)
+    # one shape whatever the number of rows: a list per request
+    assert data["model_versions"] == [V1]
+    assert isinstance(data["latency_ms"], list) and len(data["latency_ms"]) == 1
     assert api.requests[0]["headers"]["authorization"] == "Bearer cmk_from_env"
     assert "PRICE" not in api.requests[0]["body"]["instances"][0]
 
@@ -765,6 +874,41 @@ def test_gen_data_and_demo_keep_their_help(capsys):
             cli.main([command, "--help"])
         assert exit_info.value.code == 0
         assert text in capsys.readouterr().out
+
+
+def test_gen_data_json_says_what_it_wrote_and_warns_of_too_few_rows(run, tmp_path):
+    result = run("gen-data", "--cities", "2", "--rows", "10", "--out", tmp_path, "--json")
+    assert result.code == 0
+    data = result.json()
+    assert data["cities"] == ["NewYork_NY", "LosAngeles_CA"] and data["rows"] == 10
+    assert all(Path(f).exists() for f in data["files"])
+    # 10 rows: every upload of these would be rejected, and the user is told so
+    assert "under the 50 rows an upload needs" in " ".join(result.err.split())
+
+
+def test_onboard_wait_does_not_say_the_status_twice(run, aws: Aws, outputs, tmp_path, monkeypatch):
+    key = f"raw/{CITY}/houses.csv"
+    (tmp_path / "houses.csv").write_bytes(upload(raw_rows(60)))
+    steps: list[Callable[[], object]] = [
+        lambda: aws.registry.create_run(Run(city=CITY, run=V2, key=key, status="PROCESSING")),
+        lambda: aws.registry.update_run(CITY, V2, status=REJECTED, reason="rejected: 3 rows"),
+    ]
+    list_runs = Registry.list_runs
+
+    def list_runs_as_the_stack_works(self: Registry, city: str, **kwargs: Any) -> list[Run]:
+        if steps and key in objects(aws):
+            steps.pop(0)()
+        return list_runs(self, city, **kwargs)
+
+    monkeypatch.setattr(Registry, "list_runs", list_runs_as_the_stack_works)
+    result = run(
+        "onboard", CITY, tmp_path / "houses.csv", "--outputs", outputs, "--wait",
+        "--interval", "0.01",
+    )  # fmt: skip
+    assert result.code == 1
+    text = " ".join(result.out.split())
+    assert f"run {V2}: REJECTED: 3 rows" in text
+    assert text.count("REJECTED") == 1
 
 
 def test_gen_data_writes_the_cities(run, tmp_path):

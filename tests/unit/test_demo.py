@@ -252,6 +252,19 @@ def test_metrics_command_prints_the_series_and_writes_the_charts(
     assert cli.main(["metrics", "--outputs", str(outputs), "--out", str(tmp_path / "c2")]) == 0
     out = capsys.readouterr().out
     assert "period 60 s" in out and "LoadedModelCount" in out and "ModelCountMemUtilization" in out
+    # by default the range starts at the first datapoint: a young stack fills the chart
+    assert cli.main(["metrics", "--outputs", str(outputs), "--period", "1", "--json",
+                     "--out", str(tmp_path / "c3")]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["start"].startswith(
+        base.strftime("%Y-%m-%dT%H:%M:%S")
+    )
+    # and a variant with no metrics is named, with those that have some
+    code = cli.main(["metrics", "--outputs", str(outputs), "--variant", "Nope",
+                     "--out", str(tmp_path / "c4")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "no metrics for variant 'Nope'" in err and "AllTraffic" in err
+    assert "--since" not in err
 
 
 def test_metrics_command_without_metrics_is_one_line(
@@ -313,6 +326,21 @@ class _FakeLocalStack:
 
     def stop(self) -> None:
         self.stopped = True
+
+
+def test_the_demo_prints_its_outputs_whole_on_a_narrow_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from citymodels_devkit.local import stack as local_stack
+
+    monkeypatch.setattr(local_stack, "LocalStack", _FakeLocalStack)
+    output = io.StringIO()
+    d = demo.Demo(DemoOptions(work_dir=tmp_path / "demo", cities=2), Console(file=output, width=30))
+    d.start_stack()
+    # the URLs, to copy into a client, are never folded mid-word
+    lines = output.getvalue().splitlines()
+    assert any(line.endswith("http://127.0.0.1:9/v1/") for line in lines)
+    assert any(line.endswith("http://127.0.0.1:9") and "AwsEndpointUrl" in line for line in lines)
 
 
 @pytest.mark.parametrize("error", [OperationFailed("boom"), KeyboardInterrupt()])

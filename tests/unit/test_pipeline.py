@@ -523,6 +523,9 @@ def test_content_already_published_is_a_duplicate_and_starts_nothing(world: Worl
     record = world.registry.get_run(CITY, outcome.run)
     assert (record.status, record.duplicate_of) == (DUPLICATE, published.run)
     assert published.run in record.reason
+    # and, as that version is the one serving, the reason does not send anyone to roll back
+    assert "which is serving: nothing to do" in record.reason
+    assert "roll back" not in record.reason
     assert len(world.sagemaker.processing_requests) == 1
 
 

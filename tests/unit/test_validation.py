@@ -190,3 +190,18 @@ def test_reader_can_be_consumed_only_once(valid_upload: bytes) -> None:
     list(reader)
     with pytest.raises(RuntimeError, match="only once"):
         iter(reader)
+
+
+@pytest.mark.parametrize("header", [True, False])
+@pytest.mark.parametrize(("delimiter", "named"), [(";", "';'"), ("\t", "tab")])
+def test_a_file_separated_by_semicolons_or_tabs_is_named_so(
+    header: bool, delimiter: str, named: str
+) -> None:
+    # GIVEN a spreadsheet export with another separator, with or without a header
+    data = upload(GOOD, header=header).decode().replace(",", delimiter).encode()
+    # WHEN validated THEN the one problem says which separator, not "unknown column"
+    report = report_for(data)
+    assert not report.ok
+    (problem,) = report.file_problems
+    assert problem.code == "bad_delimiter"
+    assert f"separated by {named}, not commas" in problem.message

@@ -13,6 +13,11 @@ authorizer applied with API Gateway's caching, and proxy events to the handler.
   method ARN is 403.
 - The handler gets an API Gateway REST proxy event (v1), with the authorizer's context
   in ``requestContext.authorizer``, and its response dict becomes the HTTP response.
+- What API Gateway answers itself (401, 403, an unknown route, a failing authorizer or
+  integration) is rendered from the template's gateway responses (``GatewayResponses``
+  or ``AWS::ApiGateway::GatewayResponse``: status, headers, body template, with the
+  ``DEFAULT_4XX`` / ``DEFAULT_5XX`` fallbacks), as API Gateway renders them; without
+  one, API Gateway's default ``{"message": ...}``.
 """
 
 from __future__ import annotations
@@ -25,19 +30,72 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 from citymodels_devkit.local.lambdas import FunctionHost
-from citymodels_devkit.local.template import ACCOUNT_ID, REGION, Route, Stack
+from citymodels_devkit.local.template import ACCOUNT_ID, REGION, GatewayResponse, Route, Stack
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 API_ID = "local"
+
+RESPONSE_TYPES = {
+    401: "UNAUTHORIZED",
+    403: "ACCESS_DENIED",
+    500: "AUTHORIZER_CONFIGURATION_ERROR",
+}
+"""The gateway response type of each authorizer outcome."""
+
+
+def render_gateway_response(
+    responses: Mapping[str, GatewayResponse],
+    response_type: str,
+    status: int,
+    message: str,
+    request_id: str = "",
+) -> Answer:
+    """Return API Gateway's own answer of ``response_type``: the template's gateway
+    response for that type, else its ``DEFAULT_4XX``/``DEFAULT_5XX``, else API Gateway's
+    default body ``{"message": ...}``.
+
+    Body templates may use ``$context.error.message``, ``$context.error.messageString``
+    (the message as a quoted JSON string), ``$context.error.responseType`` and
+    ``$context.requestId``.
+    """
+    spec = responses.get(response_type) or responses.get(
+        "DEFAULT_5XX" if status >= 500 else "DEFAULT_4XX"
+    )
+    headers = [(b"content-type", b"application/json")]
+    if request_id:
+        headers.append((b"x-amzn-requestid", request_id.encode()))
+    if spec is None or not spec.templates:
+        body = json.dumps({"message": message})
+        code = spec.status if spec is not None and spec.status else status
+    else:
+        content_type = "application/json" if "application/json" in spec.templates else ""
+        content_type = content_type or next(iter(spec.templates))
+        headers[0] = (b"content-type", content_type.encode())
+        values = {
+            "context.error.messageString": json.dumps(message),
+            "context.error.message": message,
+            "context.error.responseType": response_type,
+            "context.requestId": request_id,
+        }
+        body = re.sub(
+            r"\$\{?(context(?:\.[A-Za-z]+)+)\}?",
+            lambda m: values.get(m.group(1), m.group(0)),
+            spec.templates[content_type],
+        )
+        code = spec.status or status
+    if spec is not None:
+        headers += [(k.lower().encode(), v.encode()) for k, v in spec.headers.items()]
+    return code, headers, body.encode()
 
 
 @dataclass(frozen=True)
@@ -220,7 +278,9 @@ class ApiGateway:
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         matched = self.match(method, path)
         if matched is None:
-            return _json(403, {"message": "Missing Authentication Token"})
+            return self._gateway(
+                "MISSING_AUTHENTICATION_TOKEN", 403, "Missing Authentication Token", ""
+            )
         route, params = matched
         request_id = str(uuid.uuid4())
         source_ip = (scope.get("client") or ("127.0.0.1", 0))[0]
@@ -256,7 +316,7 @@ class ApiGateway:
                 self.authorize, route, method, path, headers, event_base
             )
         if status != 200:
-            return _json(status, {"message": message}, request_id)
+            return self._gateway(RESPONSE_TYPES.get(status, ""), status, message, request_id)
         is_text = not body or _is_text(headers.get("content-type", ""))
         event = {
             **event_base,
@@ -274,8 +334,15 @@ class ApiGateway:
         try:
             result = await asyncio.to_thread(self.host.invoke, route.function, event)
         except Exception:
-            return _json(502, {"message": "Internal server error"}, request_id)
+            return self._gateway("DEFAULT_5XX", 502, "Internal server error", request_id)
+        if not isinstance(result, dict) or "statusCode" not in result:
+            return self._gateway("DEFAULT_5XX", 502, "Internal server error", request_id)
         return _response(result, request_id)
+
+    def _gateway(self, response_type: str, status: int, message: str, request_id: str) -> Answer:
+        return render_gateway_response(
+            self.stack.gateway_responses, response_type, status, message, request_id
+        )
 
 
 def _multi(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
@@ -295,18 +362,7 @@ def _is_text(content_type: str) -> bool:
     )
 
 
-def _json(
-    status: int, body: Any, request_id: str = ""
-) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    headers = [(b"content-type", b"application/json")]
-    if request_id:
-        headers.append((b"x-amzn-requestid", request_id.encode()))
-    return status, headers, json.dumps(body).encode()
-
-
-def _response(result: Any, request_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    if not isinstance(result, dict) or "statusCode" not in result:
-        return _json(502, {"message": "Internal server error"}, request_id)
+def _response(result: dict[str, Any], request_id: str) -> Answer:
     headers = [
         (k.lower().encode(), str(v).encode()) for k, v in (result.get("headers") or {}).items()
     ]

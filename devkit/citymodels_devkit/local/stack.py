@@ -20,6 +20,7 @@ Tests start the same stack in-process (``tests/integration/conftest.py``).
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import logging
@@ -53,6 +54,32 @@ LOCAL_IMAGES = {
 framework works; these make it plain that nothing is pulled)."""
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
+
+
+class PortInUse(OSError):
+    """A port of the local stack is taken.
+
+    Attributes
+    ----------
+    which
+        ``"aws"`` (the AWS endpoint, ``LocalOptions.aws_port``) or ``"api"`` (the HTTP API).
+    host, port
+        Where it could not listen.
+    """
+
+    def __init__(self, which: str, host: str, port: int) -> None:
+        name = "the AWS endpoint" if which == "aws" else "the HTTP API"
+        super().__init__(errno.EADDRINUSE, f"port {port} on {host} ({name}) is already in use")
+        self.which, self.host, self.port = which, host, port
+
+
+def _listen(app: Any, host: str, port: int, which: str) -> LocalAwsServer:
+    try:
+        return LocalAwsServer(app, host, port).start()
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            raise PortInUse(which, host, port) from err
+        raise
 
 
 @dataclass
@@ -161,7 +188,7 @@ class LocalStack:
                 max_job_workers=opts.job_workers,
                 wsgi_workers=pollers + 32,
             )
-            self._aws_server = LocalAwsServer(app, opts.host, opts.aws_port).start()
+            self._aws_server = _listen(app, opts.host, opts.aws_port, "aws")
             aws_url = self._aws_server.url
             self._set_env({"AWS_ENDPOINT_URL": aws_url})
             clients = _Clients(aws_url)
@@ -195,7 +222,7 @@ class LocalStack:
             )
             self.router.setup_rules()
             self.api = ApiGateway(stack, self.host)
-            self._api_server = LocalAwsServer(self.api, opts.host, opts.api_port).start()
+            self._api_server = _listen(self.api, opts.host, opts.api_port, "api")
             self._metrics_thread = threading.Thread(
                 target=self._publish_metrics,
                 args=(clients.cloudwatch,),
@@ -346,6 +373,8 @@ class LocalStack:
         outputs["AdminApiKey"] = secret
         if "FailureQueue" in clients.queue_urls:
             outputs.setdefault("FailureQueueUrl", clients.queue_urls["FailureQueue"])
+        if "RawPrefix" in stack.parameters:  # where the onboard rule listens (onboard reads it)
+            outputs.setdefault("RawPrefix", stack.parameters["RawPrefix"])
         return outputs
 
     # -- helpers for tests, the demo and benchmarks -----------------------------------
@@ -408,4 +437,4 @@ def write_outputs(outputs: Mapping[str, str], path: Path) -> None:
     path.write_text(json.dumps(dict(outputs), indent=2) + "\n", encoding="utf-8")
 
 
-__all__ = ["ACCOUNT_ID", "LocalOptions", "LocalStack", "write_outputs"]
+__all__ = ["ACCOUNT_ID", "LocalOptions", "LocalStack", "PortInUse", "write_outputs"]

@@ -111,6 +111,46 @@ class Authorizer:
 
 
 @dataclass(frozen=True)
+class GatewayResponse:
+    """One of the API's gateway responses (what API Gateway itself answers, e.g. a 401).
+
+    Attributes
+    ----------
+    status
+        ``StatusCode``, or None for the response type's own.
+    templates
+        ``ResponseTemplates``: content type to body template.
+    headers
+        Response headers (``ResponseParameters``), values as sent.
+    """
+
+    status: int | None
+    templates: dict[str, str]
+    headers: dict[str, str]
+
+
+def read_gateway_response(spec: Mapping[str, Any], *, sam: bool) -> GatewayResponse:
+    """Read a SAM ``GatewayResponses`` entry (``sam``) or an
+    ``AWS::ApiGateway::GatewayResponse``'s properties."""
+    status = spec.get("StatusCode")
+    params = spec.get("ResponseParameters") or {}
+    headers: dict[str, str] = {}
+    if sam:  # {"Headers": {"Name": "'value'"}}: SAM passes the values on as written
+        items = (params.get("Headers") or {}).items()
+    else:  # {"gatewayresponse.header.Name": "'value'"}
+        prefix = "gatewayresponse.header."
+        items = ((k[len(prefix) :], v) for k, v in params.items() if k.startswith(prefix))
+    for name, value in items:
+        text = str(value)
+        headers[str(name)] = text[1:-1] if len(text) > 1 and text[0] == text[-1] == "'" else text
+    return GatewayResponse(
+        status=int(status) if status is not None else None,
+        templates={str(k): str(v) for k, v in (spec.get("ResponseTemplates") or {}).items()},
+        headers=headers,
+    )
+
+
+@dataclass(frozen=True)
 class Function:
     """A Lambda function as the local stack runs it."""
 
@@ -137,6 +177,8 @@ class Stack:
     authorizers: dict[str, Authorizer] = field(default_factory=dict)
     api_stage: str = "v1"
     default_authorizer: str | None = None
+    gateway_responses: dict[str, GatewayResponse] = field(default_factory=dict)
+    """Response type (``UNAUTHORIZED``, ``DEFAULT_4XX``...) to the template's response."""
     buckets: dict[str, dict[str, Any]] = field(default_factory=dict)
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
     queues: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -400,6 +442,15 @@ def load_stack(
                     ttl_seconds=int(identity.get("ReauthorizeEvery", 300)),
                 )
             stack.default_authorizer = auth.get("DefaultAuthorizer")
+            for response_type, spec in (props.get("GatewayResponses") or {}).items():
+                stack.gateway_responses[str(response_type)] = read_gateway_response(
+                    resolver.resolve(spec), sam=True
+                )
+        elif kind == "AWS::ApiGateway::GatewayResponse":
+            spec = resolver.resolve(props)
+            stack.gateway_responses[str(spec["ResponseType"])] = read_gateway_response(
+                spec, sam=False
+            )
         elif kind == "AWS::Serverless::Function":
             _add_function(stack, resolver, logical_id, props, globals_fn, global_env)
 

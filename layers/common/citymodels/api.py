@@ -399,11 +399,14 @@ class Alias:
         False when nothing was ever uploaded for it.
     version
         The version serving, or None (nothing published yet, or removed).
+    removed
+        Whether it was removed (``citymodels remove``).
     """
 
     city: str
     known: bool
     version: str | None
+    removed: bool = False
 
 
 class AliasCache:
@@ -458,7 +461,12 @@ class AliasCache:
         except UnknownCity:
             alias = Alias(city=city, known=False, version=None)
         else:
-            alias = Alias(city=city, known=True, version=record.current if record.serving else None)
+            alias = Alias(
+                city=city,
+                known=True,
+                version=record.current if record.serving else None,
+                removed=record.removed,
+            )
         if self._ttl > 0 and alias.version is not None:
             self._entries.pop(city, None)
             while len(self._entries) >= self._max:
@@ -479,9 +487,17 @@ class AliasCache:
         alias = self.get(city)
         if not alias.known:
             raise UnknownCity(f"nothing was ever uploaded for city {city!r}", field="city")
+        if alias.version is None and alias.removed:
+            raise NoModelServing(
+                f"city {city!r} was removed: no model serves it until a rollback or a new "
+                f"published upload (citymodels rollback {city} VERSION)",
+                field="city",
+            )
         if alias.version is None:
             raise NoModelServing(
-                f"city {city!r} has no model serving yet; GET /cities/{city} lists its uploads",
+                f"city {city!r} has no published model: its upload may still be processing "
+                f"or training, or none was published; its uploads and why: "
+                f"citymodels status {city} (GET /cities/{city})",
                 field="city",
             )
         return alias.version

@@ -629,10 +629,16 @@ class Pipeline:
                 return content.attempts, None  # this run already counted (a redelivery)
             if content.published_version:
                 version = content.published_version
+                record = self.registry.get_city(city)
+                serving = record.serving and record.current == version
                 return 0, (
                     version,
-                    f"same content as published version {version}; "
-                    "to serve it again, roll back to that version",
+                    f"same content as published version {version}"
+                    + (
+                        ", which is serving: nothing to do"
+                        if serving
+                        else "; to serve it again, roll back to that version"
+                    ),
                 )
             if content.last_run:
                 try:

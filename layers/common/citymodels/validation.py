@@ -163,8 +163,19 @@ class ValidationReport:
 
 
 _FILE_CODES = frozenset(
-    {"empty_file", "header_only", "too_few_rows", "too_large", "too_many_rows", "bad_header"}
+    {
+        "empty_file",
+        "header_only",
+        "too_few_rows",
+        "too_large",
+        "too_many_rows",
+        "bad_header",
+        "bad_delimiter",
+    }
 )
+
+OTHER_DELIMITERS = (";", "\t", "|")
+"""Separators spreadsheets export instead of commas: named when a file uses one."""
 
 
 def _is_file_code(code: str) -> bool:
@@ -377,6 +388,17 @@ class UploadReader:
 
     def _read_header(self, fields: list[str], line_no: int) -> list[int] | None:
         """Decide header or data from the first line; return the column order."""
+        if len(fields) == 1:
+            # one field holding the whole line: another separator, not unknown columns
+            for delimiter in OTHER_DELIMITERS:
+                if len(fields[0].split(delimiter)) >= len(COLUMNS) - 1:
+                    shown = "tab" if delimiter == "\t" else repr(delimiter)
+                    self._file_problem(
+                        "bad_delimiter",
+                        f"line {line_no}: the fields are separated by {shown}, not commas; "
+                        "save the file as comma-separated CSV",
+                    )
+                    return None
         names = [f.strip().strip('"').upper() for f in fields]
         looks_like_header = all(n and not _looks_numeric(n) for n in names)
         if not looks_like_header:
