@@ -415,12 +415,34 @@ def _serving(city: dict[str, Any]) -> Text:
     return _text(city["current_version"] + (" (pinned)" if city["pinned"] else ""), "green")
 
 
+def _narrow(console: Any) -> bool:
+    """Too narrow for a table that keeps version ids whole (80 columns is)."""
+    return bool(console.width < VERSION_WIDTH + 60)
+
+
 def _render_cities(cities: list[dict[str, Any]], flags: str) -> None:
     console = _out()
     if not cities:
         console.print(
             _text(f"no cities yet: upload one with citymodels onboard CITY FILE.csv{flags}")
         )
+        return
+    if _narrow(console):
+        # one block per city: its newest upload on the first line, then what it serves
+        for city in cities:
+            newest = city["newest_upload"] or {}
+            uploads = f"{city['uploads']} upload" + ("s" if city["uploads"] != 1 else "")
+            line = _text(city["city"], "bold")
+            line.append("  ")
+            line.append_text(_status_text(newest.get("status")))
+            line.append(f"  {_when(newest.get('created_at'))}  {_file(newest.get('key'))}")
+            line.append(f"  ({uploads})", "dim")
+            console.print(line, soft_wrap=True)
+            serving = _text("  serving ")
+            serving.append_text(_serving(city))
+            console.print(serving, soft_wrap=True)
+            if city["current_version"]:
+                console.print(_text("  " + _metrics(city["metrics"], ", ")), soft_wrap=True)
         return
     table = _table(
         "city", "serving", "metrics", "uploads", "newest upload", "status", "at", ids=["serving"]
@@ -462,19 +484,35 @@ def _render_city(city: dict[str, Any], flags: str = "") -> None:
     from rich.text import Text
 
     console = _out()
-    console.print(Text.assemble(f"{city['city']}: ", _serving(city)))
-    table = _table("uploaded", "file", "run", "status", "attempt", "metrics", "reason", ids=["run"])
-    for run in city["uploads"]:
-        table.add_row(
-            _text(_when(run.get("created_at"))),
-            _text(_file(run.get("key"))),
-            _text(run["run"]),
-            _status_text(run["status"]),
-            _text(run.get("attempt", "")),
-            _text(_metrics(run.get("metrics"))),
-            _text(run.get("reason", "")),
+    console.print(Text.assemble(f"{city['city']}: ", _serving(city)), soft_wrap=True)
+    if _narrow(console):
+        # one block per upload, newest first: the run id whole on a line of its own
+        for run in city["uploads"]:
+            line = _text(_when(run.get("created_at")))
+            line.append(f"  {_file(run.get('key'))}  ")
+            line.append_text(_status_text(run["status"]))
+            if run.get("attempt"):
+                line.append(f"  attempt {run['attempt']}")
+            console.print(line, soft_wrap=True)
+            console.print(_text(f"  run {run['run']}"), soft_wrap=True)
+            for extra in (_metrics(run.get("metrics"), ", "), run.get("reason", "")):
+                if extra:
+                    console.print(_text(f"  {extra}"))
+    else:
+        table = _table(
+            "uploaded", "file", "run", "status", "attempt", "metrics", "reason", ids=["run"]
         )
-    console.print(table)
+        for run in city["uploads"]:
+            table.add_row(
+                _text(_when(run.get("created_at"))),
+                _text(_file(run.get("key"))),
+                _text(run["run"]),
+                _status_text(run["status"]),
+                _text(run.get("attempt", "")),
+                _text(_metrics(run.get("metrics"))),
+                _text(run.get("reason", "")),
+            )
+        console.print(table)
     reported = [r for r in city["uploads"] if r.get("report_key") and r["status"] == "REJECTED"]
     if reported:
         # the reason is a summary; the report lists the bad rows (the first 100) and counts
@@ -558,7 +596,7 @@ def _models(args: argparse.Namespace) -> int:
             return ""
         return "current (pinned)" if data["pinned"] else "current"
 
-    if console.width < VERSION_WIDTH + 60:
+    if _narrow(console):
         # too narrow for a table that keeps version ids whole: one block per version
         console.print(_text(data["city"], "italic"))
         for version in data["versions"]:

@@ -279,7 +279,10 @@ class Stack:
         if self.endpoint_url:
             return self.endpoint_url, False
         if _endpoint_url_from_environment(self.environ):
-            return None, False  # boto3 reads AWS_ENDPOINT_URL(_<SERVICE>) itself
+            # boto3 reads AWS_ENDPOINT_URL(_<SERVICE>) itself. Exported as `local up`
+            # suggests, it points at the local stack: its region and credentials still
+            # stand in for any the environment does not name.
+            return None, use_outputs and self.is_local
         if use_outputs and self.stack_name is None:
             local = self.outputs.get("AwsEndpointUrl")
             return local, local is not None

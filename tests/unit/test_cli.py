@@ -373,6 +373,62 @@ def test_models_keeps_whole_versions_and_the_current_marker_at_80_columns(
     assert V1 in out and "test:mae=9,000" in out
 
 
+def test_status_at_80_columns_keeps_versions_whole_and_nothing_collapsed(
+    run, aws: Aws, outputs: Path, monkeypatch
+):
+    # GIVEN a serving city whose newer upload failed, and a city with only a rejection
+    monkeypatch.setenv("COLUMNS", "80")
+    seed_published(aws, V1, 9512.0)
+    seed_run(aws, V2, FAILED, reason="AlgorithmError: no space", attempt=2)
+    seed_run(aws, V3, REJECTED, city="Chicago_IL", reason="rejected: 3 invalid row(s)")
+    # WHEN the cities are listed on an 80-column terminal
+    out = run("status", "--outputs", outputs).out
+    lines = out.splitlines()
+    # THEN every line fits, each version id is whole on a line, and each city says its state
+    assert max(map(len, lines)) <= 80
+    assert any(V1 in line for line in lines)
+    (city_line,) = [line for line in lines if line.startswith(CITY)]
+    assert "FAILED" in city_line and "(2 uploads)" in city_line
+    (chicago,) = [line for line in lines if line.startswith("Chicago_IL")]
+    assert "REJECTED" in chicago
+    assert "not serving" in out and "test:mae=9,512" in out
+    assert "┃┃" not in out  # no collapsed table columns
+    # AND one city's uploads, newest first, run ids whole, reasons shown
+    detail = run("status", CITY, "--outputs", outputs).out
+    assert max(map(len, detail.splitlines())) <= 80
+    assert f"  run {V2}" in detail and f"  run {V1}" in detail
+    assert detail.index(V2) < detail.index(f"  run {V1}")
+    assert "AlgorithmError: no space" in detail and "attempt 2" in detail
+
+
+def test_an_exported_aws_endpoint_url_still_gets_the_local_stacks_region(
+    monkeypatch, tmp_path: Path
+):
+    # GIVEN the local stack's outputs and AWS_ENDPOINT_URL exported as `local up`
+    # suggests, and no region or credentials configured anywhere
+    from citymodels_devkit.stack import LOCAL_REGION, Stack
+
+    for name in ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    local = write_outputs(
+        tmp_path / "outputs.json",
+        DataBucket=BUCKET,
+        ApiUrl="http://127.0.0.1:9/v1/",
+        EndpointName=ENDPOINT,
+        RegistryTable=TABLE,
+        AwsEndpointUrl="http://127.0.0.1:9",
+    )
+    # WHEN a command builds its clients
+    client = Stack(outputs_file=local).client("dynamodb")
+    # THEN they have the local stack's region and credentials, and the exported endpoint
+    assert client.meta.region_name == LOCAL_REGION
+    assert client.meta.endpoint_url == "http://127.0.0.1:9"
+    assert client._request_signer._credentials is not None
+
+
 def test_models_rollback_and_remove(run, aws: Aws, outputs: Path):
     # GIVEN two published versions and a failed run
     seed_published(aws, V1, 9000.0)
