@@ -66,6 +66,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -600,13 +601,49 @@ def _split_s3_uri(uri: str) -> tuple[str, str]:
     return match.group(1), match.group(2)
 
 
-def _download_prefix(s3: Any, uri: str, destination: Path) -> int:
+class ObjectCache:
+    """Small S3 objects a job worker has read, by bucket, key and ETag (least recent out).
+
+    Every processing job downloads the same processing code (about 20 objects under
+    ``artifacts/processing/``); the listing that a download starts with already gives
+    each object's ETag, so an object whose key and ETag were read before is not read
+    again: the same bytes, one ``GetObject`` fewer, in a worker that keeps them. Only
+    objects up to ``max_object`` bytes are kept, ``max_total`` in all.
+    """
+
+    def __init__(self, max_total: int = 32 << 20, max_object: int = 1 << 20) -> None:
+        self.max_total, self.max_object = max_total, max_object
+        self._objects: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
+        self._size = 0
+
+    def get(self, bucket: str, key: str, etag: str) -> bytes | None:
+        data = self._objects.get((bucket, key, etag))
+        if data is not None:
+            self._objects.move_to_end((bucket, key, etag))
+        return data
+
+    def put(self, bucket: str, key: str, etag: str, data: bytes) -> None:
+        if len(data) > self.max_object or (bucket, key, etag) in self._objects:
+            return
+        self._objects[(bucket, key, etag)] = data
+        self._size += len(data)
+        while self._size > self.max_total:
+            _, evicted = self._objects.popitem(last=False)
+            self._size -= len(evicted)
+
+
+_worker_objects = ObjectCache()
+
+
+def _download_prefix(s3: Any, uri: str, destination: Path, cache: ObjectCache | None = None) -> int:
     """Download every object under an ``S3Prefix`` as SageMaker does; return the count.
 
     Keys keep their path relative to the prefix's last ``/``: the prefix
     ``s3://b/raw/City/x.csv`` gives ``x.csv``, ``s3://b/processed/.../train/`` gives
-    ``train.csv`` for ``.../train/train.csv``.
+    ``train.csv`` for ``.../train/train.csv``. Objects already in ``cache`` (this
+    worker's, by default) with the listed ETag are not read again.
     """
+    cache = _worker_objects if cache is None else cache
     from botocore.exceptions import ClientError
 
     bucket, prefix = _split_s3_uri(uri)
@@ -623,9 +660,21 @@ def _download_prefix(s3: Any, uri: str, destination: Path) -> int:
                 if not target.is_relative_to(destination.resolve()):
                     raise _InputError(f"S3 key {key!r} would be written outside {destination}")
                 target.parent.mkdir(parents=True, exist_ok=True)
-                body = s3.get_object(Bucket=bucket, Key=key)["Body"]
-                with target.open("wb") as out:
-                    shutil.copyfileobj(body, out, 1 << 20)
+                etag = item.get("ETag", "")
+                data = cache.get(bucket, key, etag) if etag else None
+                if data is not None:
+                    target.write_bytes(data)
+                elif etag and item.get("Size", cache.max_object + 1) <= cache.max_object:
+                    answer = s3.get_object(Bucket=bucket, Key=key)
+                    data = answer["Body"].read()
+                    target.write_bytes(data)
+                    # keyed by the ETag of the bytes read (the object may have changed
+                    # since the listing)
+                    cache.put(bucket, key, answer.get("ETag", ""), data)
+                else:
+                    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+                    with target.open("wb") as out:
+                        shutil.copyfileobj(body, out, 1 << 20)
                 count += 1
     except ClientError as error:
         raise _InputError(f"cannot read {uri}: {error}") from error
