@@ -538,6 +538,48 @@ def test_content_still_in_progress_is_a_duplicate_of_that_run(world: World) -> N
     assert len(world.sagemaker.processing_requests) == 1
 
 
+def test_content_still_training_is_a_duplicate_of_that_run(world: World) -> None:
+    # GIVEN content whose run is training
+    body = body_of(1)
+    first = world.upload(body, minute=1)
+    world.finish_processing(CITY, first.run)
+    assert world.registry.get_run(CITY, first.run).status == TRAINING
+    # WHEN the same bytes are uploaded again
+    outcome = world.upload(body, minute=2, name="copy.csv")
+    # THEN it is a duplicate of the training run: no second processing job
+    assert outcome.action is Action.DUPLICATE
+    record = world.registry.get_run(CITY, outcome.run)
+    assert record.duplicate_of == first.run and "still TRAINING" in record.reason
+    assert len(world.sagemaker.processing_requests) == 1
+
+
+def test_a_redelivery_after_a_crash_between_counting_and_naming_starts_the_same_attempt(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a first delivery that counted the content's attempt, then died before it
+    # named the run's job
+    body = body_of(1)
+    real_update_run = world.registry.update_run
+
+    def crash_when_naming(*args: Any, **fields: Any) -> Any:
+        if "processing_job" in fields:
+            raise RuntimeError("the function was killed here")
+        return real_update_run(*args, **fields)
+
+    monkeypatch.setattr(world.registry, "update_run", crash_when_naming)
+    with pytest.raises(RuntimeError):
+        world.upload(body)
+    monkeypatch.setattr(world.registry, "update_run", real_update_run)
+    # WHEN the same event is delivered again
+    outcome = world.upload(body, put=False)
+    # THEN its run is not a duplicate of itself: the job of attempt 1 starts
+    sha = hashlib.sha256(body).hexdigest()
+    assert outcome.action is Action.STARTED
+    assert outcome.job_name == job_name(STACK, CITY, sha, 1)
+    assert world.registry.get_run(CITY, outcome.run).status == PROCESSING
+    assert len(world.sagemaker.processing_requests) == 1
+
+
 def test_content_whose_run_failed_gets_a_new_attempt(world: World) -> None:
     # GIVEN content whose processing job failed
     body = body_of(1)
