@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -379,7 +379,10 @@ def test_an_upload_starts_its_processing_job_as_the_contract_says(world: World) 
         "ContainerEntrypoint": ["python3", "/opt/ml/processing/input/code/preprocess.py"],
     }
     inputs = {i["InputName"]: i["S3Input"] for i in request["ProcessingInputs"]}
-    assert inputs["raw"]["S3Uri"] == f"s3://{BUCKET}/raw/{CITY}/houses.csv"
+    # the run's own copy of the validated upload, not the raw key a user may overwrite
+    assert inputs["raw"]["S3Uri"] == f"s3://{BUCKET}/inputs/{CITY}/{run}/houses.csv"
+    copy = world.aws.s3.get_object(Bucket=BUCKET, Key=f"inputs/{CITY}/{run}/houses.csv")
+    assert copy["Body"].read() == body
     assert inputs["raw"]["LocalPath"] == "/opt/ml/processing/input/raw"
     assert (inputs["raw"]["S3DataType"], inputs["raw"]["S3InputMode"]) == ("S3Prefix", "File")
     assert inputs["code"]["S3Uri"] == CODE_URI
@@ -407,7 +410,43 @@ def test_an_upload_starts_its_processing_job_as_the_contract_says(world: World) 
     record = world.registry.get_run(CITY, run)
     assert (record.status, record.sha256, record.attempt) == (PROCESSING, sha, 1)
     assert record.processing_job == outcome.job_name
+    assert record.input_key == f"inputs/{CITY}/{run}/houses.csv"
     assert read_json(world.aws, layout.report_key(CITY, run, "validation"))["ok"] is True
+
+
+def test_the_job_trains_on_the_version_validated_whatever_comes_to_the_key_later(
+    world: World,
+) -> None:
+    # GIVEN a versioned bucket (as the template's) where a first upload was overwritten
+    # by a second one before the first's event was handled
+    world.aws.s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    key = f"raw/{CITY}/houses.csv"
+    first, second = body_of(1), body_of(2)
+    version = world.aws.s3.put_object(Bucket=BUCKET, Key=key, Body=first)["VersionId"]
+    world.aws.s3.put_object(Bucket=BUCKET, Key=key, Body=second)
+    # WHEN the first upload's event arrives
+    event = replace(upload_event(key, 1, len(first)), version_id=version)
+    outcome = world.pipeline.onboard(event)
+    # THEN the first upload's bytes are validated, copied and given to the job
+    assert outcome.action is Action.STARTED
+    record = world.registry.get_run(CITY, outcome.run)
+    assert record.sha256 == hashlib.sha256(first).hexdigest()
+    copy = world.aws.s3.get_object(Bucket=BUCKET, Key=record.input_key)["Body"].read()
+    assert copy == first
+    [request] = world.sagemaker.processing_requests
+    assert request["ProcessingInputs"][0]["S3Input"]["S3Uri"].endswith(record.input_key)
+
+
+def test_the_jobs_input_prefix_holds_the_upload_alone(world: World) -> None:
+    # GIVEN an upload whose key is also the start of another object's key
+    world.aws.s3.put_object(Bucket=BUCKET, Key=f"raw/{CITY}/houses.csv.bak/x.csv", Body=b"x")
+    outcome = world.upload(body_of(1))
+    # THEN the prefix the job downloads holds one object: the validated copy
+    [request] = world.sagemaker.processing_requests
+    uri = request["ProcessingInputs"][0]["S3Input"]["S3Uri"]
+    prefix = uri.removeprefix(f"s3://{BUCKET}/")
+    listed = world.aws.s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]
+    assert [o["Key"] for o in listed] == [f"inputs/{CITY}/{outcome.run}/houses.csv"]
 
 
 def test_an_event_delivered_twice_starts_one_job(world: World) -> None:

@@ -9,6 +9,7 @@ gives the handler a pipeline with the fakes of ``test_pipeline``.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import json
@@ -167,11 +168,15 @@ def test_onboard_starts_the_processing_job_of_an_upload(
     lambda_context: FakeLambdaContext,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # GIVEN the onboard function with its default (moto) clients, and a valid upload
+    # GIVEN the onboard function with its default (moto) clients, and a valid upload to
+    # a versioned bucket, as the template's
     onboard = load_function("onboard")
-    aws.s3.put_object(Bucket=BUCKET, Key=f"raw/{CITY}/houses.csv", Body=body_of(1))
-    # WHEN the sample Object Created event arrives
-    result = onboard.lambda_handler(UPLOAD, lambda_context)
+    aws.s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    put = aws.s3.put_object(Bucket=BUCKET, Key=f"raw/{CITY}/houses.csv", Body=body_of(1))
+    event = copy.deepcopy(UPLOAD)
+    event["detail"]["object"]["version-id"] = put["VersionId"]
+    # WHEN the sample Object Created event arrives (with that upload's version id)
+    result = onboard.lambda_handler(event, lambda_context)
     # THEN the processing job exists and the run is PROCESSING, under the event's run id
     assert (result["action"], result["run"], result["city"]) == ("started", RUN, CITY)
     aws.sagemaker.describe_processing_job(ProcessingJobName=result["job_name"])

@@ -551,3 +551,24 @@ def test_image_uris_fit_their_parameters_and_scope_the_ecr_statement() -> None:
         "arn:aws:ecr:us-east-1:683313688378:repository/sagemaker-scikit-learn",
         "arn:aws:ecr:us-east-1:382416733822:repository/linear-learner",
     ]
+
+
+def test_jobs_read_each_runs_copy_of_its_upload_and_never_the_raw_prefix() -> None:
+    # raw/ is what users write: the jobs (and the endpoint, which shares their role) read
+    # only the copy onboard made of the validated version, under inputs/
+    (policy,) = properties("SageMakerExecutionRole")["Policies"]
+    statements = {s["Sid"]: s for s in policy["PolicyDocument"]["Statement"]}
+    reads = [r["Fn::Sub"] for r in statements["ReadInputs"]["Resource"]]
+    assert "${DataBucket.Arn}/inputs/*" in reads
+    assert not any("RawPrefix" in r for r in reads)
+    listed = statements["ListInputs"]["Condition"]["StringLike"]["s3:prefix"]
+    assert "inputs/*" in listed and not any(isinstance(p, dict) for p in listed)
+    # and onboard reads the version an event names, and writes the copy
+    onboard = {
+        s["Sid"]: s
+        for policy in properties("OnboardFunction")["Policies"]
+        if isinstance(policy, dict) and "Statement" in policy
+        for s in policy["Statement"]
+    }
+    assert "s3:GetObjectVersion" in onboard["ReadUploads"]["Action"]
+    assert onboard["CopyRunInputs"]["Resource"] == {"Fn::Sub": "${DataBucket.Arn}/inputs/*"}

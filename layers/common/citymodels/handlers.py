@@ -33,6 +33,8 @@ class ObjectCreated(S3EventBridgeNotificationEvent):
             time=self.time,
             sequencer=detail.object.sequencer,
             size=detail.object.size,
+            # absent from the events of an unversioned bucket
+            version_id=detail.object.get("version-id"),
         )
 
 

@@ -34,6 +34,7 @@ MME_PREFIX = "mme/"
 REPORTS_PREFIX = "reports/"
 REJECTED_PREFIX = "reports/_rejected/"
 ARTIFACTS_PREFIX = "artifacts/"
+INPUTS_PREFIX = "inputs/"
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test", "test-raw")
 """The processing job's outputs; ``test-raw`` keeps the test rows in raw form for the gate."""
@@ -91,6 +92,16 @@ def parse_raw_key(key: str, *, prefix: str = RAW_PREFIX) -> RawKey:
     if len(key.encode("utf-8")) > MAX_KEY_BYTES:
         raise InvalidKey("key is longer than S3's 1,024 bytes", field="key")
     return RawKey(city=city, name=name, key=key)
+
+
+def input_key(city: str, run: str, name: str) -> str:
+    """Return a run's own copy of its upload (``inputs/{city}/{run}/{name}``).
+
+    onboard copies the very version it validated here, and the processing job reads
+    this one object: a later upload to the same raw key, or a key that merely starts
+    with it, never reaches the run. ``name`` is the upload's name under its city.
+    """
+    return f"{run_prefix(INPUTS_PREFIX, city, run)}{name}"
 
 
 def processed_prefix(city: str, run: str, split: str) -> str:

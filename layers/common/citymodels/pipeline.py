@@ -186,6 +186,9 @@ class UploadEvent:
         ``detail.object.sequencer``: with ``time``, mints the run id.
     size
         ``detail.object.size``: an upload over the limit is rejected unread.
+    version_id
+        ``detail.object.version-id`` (a versioned bucket): the version validated and
+        trained on, whatever is uploaded to the key afterwards.
     """
 
     bucket: str
@@ -193,6 +196,7 @@ class UploadEvent:
     time: str
     sequencer: str
     size: int | None = None
+    version_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -383,6 +387,11 @@ class PipelineSettings:
         return cls(**values)
 
 
+def _versioned(version_id: str | None) -> bool:
+    """A real version id (S3 says ``null`` for objects of an unversioned bucket)."""
+    return bool(version_id) and version_id != "null"
+
+
 def capacity_delay(retries: int) -> int:
     """Return the delay before retry number ``retries + 1``: 60 s doubling to 900 s."""
     return min(CAPACITY_FIRST_DELAY << min(retries, 10), CAPACITY_MAX_DELAY)
@@ -514,7 +523,7 @@ class Pipeline:
             # The first delivery never named its job (it failed or is still validating):
             # carry on; every step below is idempotent for the same run.
 
-        report = self._validate(upload)
+        report, read = self._validate(upload)
         report_key = layout.report_key(city, run_id, "validation")
         self._put_json(report_key, {"key": upload.key, "run": run_id, **report.to_dict()})
         if not report.ok:
@@ -558,6 +567,7 @@ class Pipeline:
             )
 
         name = job_name(settings.stack, city, report.sha256, attempt)
+        input_key = self._copy_input(upload, city, run_id, read)
         # The job's name is on the run before the job exists, so a redelivery (or a
         # retry after a crash) creates the same job, never a second one.
         updated = self.registry.update_run(
@@ -567,6 +577,7 @@ class Pipeline:
             sha256=report.sha256,
             attempt=attempt,
             processing_job=name,
+            input_key=input_key,
             report_key=report_key,
             schema_version=SCHEMA_VERSION,
         )
@@ -599,25 +610,49 @@ class Pipeline:
             details={"report_key": report_key, "key": upload.key},
         ).count("UploadRejected")
 
-    def _validate(self, upload: UploadEvent) -> ValidationReport:
+    def _validate(self, upload: UploadEvent) -> tuple[ValidationReport, dict[str, str]]:
+        """Validate the upload's version (the event's, else the key's current one).
+
+        Returns the report and what was read: the object's ``VersionId`` and ``ETag``.
+        """
         if upload.size is not None and upload.size > DEFAULT_LIMITS.max_bytes:
             # Rejected on the event's size alone: the object is never downloaded.
-            return validate_upload(iter(()), size=upload.size)
+            return validate_upload(iter(()), size=upload.size), {}
+        version = {"VersionId": upload.version_id} if _versioned(upload.version_id) else {}
         try:
-            body = self.s3.get_object(Bucket=upload.bucket, Key=upload.key)["Body"]
+            answer = self.s3.get_object(Bucket=upload.bucket, Key=upload.key, **version)
         except Exception as err:
-            if _error_code(err) not in ("NoSuchKey", "404"):
+            if _error_code(err) not in ("NoSuchKey", "NoSuchVersion", "404"):
                 raise
             report = ValidationReport(complete=True)
             report.file_problems.append(
                 Problem("deleted", "the upload was deleted before it could be read")
             )
             report.problem_counts["deleted"] = 1
-            return report
+            return report, {}
+        read = {k: answer[k] for k in ("VersionId", "ETag") if answer.get(k)}
         try:
-            return validate_upload(body, size=upload.size)
+            return validate_upload(answer["Body"], size=upload.size), read
         finally:
-            body.close()
+            answer["Body"].close()
+
+    def _copy_input(self, upload: UploadEvent, city: str, run_id: str, read: dict[str, str]) -> str:
+        """Copy the validated bytes to the run's own input key; return that key.
+
+        In a versioned bucket (the template's) the copy names the version read; in
+        another, it is made only if the object still has the ETag read, so the job
+        never trains on bytes other than those validated.
+        """
+        name = layout.parse_raw_key(upload.key, prefix=self.settings.raw_prefix).name
+        key = layout.input_key(city, run_id, name)
+        source = {"Bucket": upload.bucket, "Key": upload.key}
+        condition: dict[str, str] = {}
+        if _versioned(read.get("VersionId")):
+            source["VersionId"] = read["VersionId"]
+        elif read.get("ETag"):
+            condition["CopySourceIfMatch"] = read["ETag"]
+        self.s3.copy_object(Bucket=self.settings.bucket, Key=key, CopySource=source, **condition)
+        return key
 
     def _attempt_for(
         self, city: str, run_id: str, sha256: str
@@ -670,8 +705,9 @@ class Pipeline:
                 {
                     "InputName": "raw",
                     "S3Input": {
-                        # The exact key as a prefix: the container sees just this upload.
-                        "S3Uri": layout.s3_uri(bucket, run.key),
+                        # The run's own copy of the validated upload, alone under its
+                        # prefix (runs recorded before copies existed read the raw key).
+                        "S3Uri": layout.s3_uri(bucket, run.input_key or run.key),
                         "LocalPath": f"{PROCESSING_ROOT}/input/raw",
                         "S3DataType": "S3Prefix",
                         "S3InputMode": "File",

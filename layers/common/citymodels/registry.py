@@ -104,6 +104,7 @@ class Run:
     attempt: int = 0
     size: int = 0
     processing_job: str = ""
+    input_key: str = ""
     training_job: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     gate: dict[str, Any] = field(default_factory=dict)
