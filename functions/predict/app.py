@@ -50,8 +50,12 @@ logger = Logger()
 tracer = Tracer(patch_modules=["botocore"])
 metrics = Metrics()
 # A response that does not match its declared schema is our bug: 500, not 422.
+# Bodies are parsed by citymodels' own JSON reader: deep nesting, huge integers and
+# repeated names are the client's mistake (400), never json.loads' RecursionError (500).
 app = APIGatewayRestResolver(
-    enable_validation=True, response_validation_error_http_code=HTTPStatus.INTERNAL_SERVER_ERROR
+    enable_validation=True,
+    response_validation_error_http_code=HTTPStatus.INTERNAL_SERVER_ERROR,
+    json_body_deserializer=api.parse_json,
 )
 
 # The clients are created on first use: GET /openapi.json needs neither, GET routes

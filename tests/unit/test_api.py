@@ -428,6 +428,18 @@ BAD_REQUESTS = [
      "instances[0].SQUARE_FEET", "finite"),
     ("Infinity constant", predict_body(HOUSE).replace("0.8", "-Infinity"), None, None, 400,
      "instances[0].LOT_ACRES", "finite"),
+    ("4,000-digit number", predict_body(HOUSE).replace("2100.5", "9" * 4000), None, None, 400,
+     "instances[0].SQUARE_FEET", "at most 1000000, got 999"),
+    ("5,000-digit number", predict_body(HOUSE).replace("2100.5", "-" + "9" * 5000), None, None,
+     400, "instances[0].SQUARE_FEET", "finite"),
+    ("deeply nested value", predict_body(HOUSE).replace("0.8", "[" * 100_000 + "]" * 100_000),
+     None, None, 400, "body", "too deeply"),
+    ("names differing only in case", predict_body(HOUSE | {"deck": "y"}), None, None, 400,
+     "instances[0].DECK", "given twice, as 'DECK' and 'deck'"),
+    ("a name given twice", predict_body(HOUSE)[:-1] + ', "instances": []}', None, None, 400,
+     "instances", "appears twice"),
+    ("a 6 MB value", predict_body(HOUSE | {"DECK": "y" * 6_000_000}), None, None, 400,
+     "instances[0].DECK", "'y' or 'n', got 'yyy"),
     ("1001 rows", _many(1001), None, None, 413, "instances", "at most 1,000"),
     ("over 6 MB", predict_body(HOUSE)[:-1] + " " * (6 * 1024 * 1024) + "}", None, None, 413,
      "body", "at most 6,291,456"),
@@ -729,6 +741,16 @@ def test_rollback_refusals(
         (rollback_event(V3), 409, "unknown_run", "version"),
         (rollback_event("v1"), 400, "invalid_version", "version"),
         (rollback_event(1), 400, "bad_request", "version"),
+        (rollback_event(""), 400, "invalid_version", "version"),
+        (rollback_event(V2.replace("2", "\u0662")), 400, "invalid_version", "version"),  # Arabic 2
+        (rollback_event("v1", city="Boston_MA"), 400, "invalid_version", "version"),
+        (rollback_event(int("9" * 4000)), 400, "bad_request", "version"),
+        (event_for("api_rollback", body='{"version": ' + "9" * 5000 + "}"), 400, "bad_request",
+         "version"),
+        (event_for("api_rollback", body='{"version": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+         400, "bad_request", "body"),
+        (event_for("api_rollback", body=f'{{"version": "{V2}", "version": "{V2}"}}'), 400,
+         "bad_request", "version"),
         (rollback_event(V2, city="Boston_MA"), 404, "unknown_city", "city"),
         (event_for("api_rollback", body="{}"), 400, "bad_request", "version"),
         (event_for("api_rollback", body="{"), 400, "bad_request", "body"),
@@ -827,5 +849,6 @@ def test_request_schema_follows_the_field_rules() -> None:
 
 
 def test_parsed_rows_are_what_the_endpoint_reads() -> None:
-    body = api.RequestBody(predict_body(HOUSE | {"deck": " Y ", "YEAR_BUILT": "1995"}))
+    house = {k: v for k, v in HOUSE.items() if k != "DECK"}
+    body = api.RequestBody(predict_body(house | {"deck": " Y ", "YEAR_BUILT": "1995"}))
     assert api.rows_to_csv(api.parse_prediction_rows(body)) == "1995,2100.5,3,2.5,0.8,2,y,y\n"

@@ -44,7 +44,9 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from citymodels.auth import authorizer_policy, city_allowed
 from citymodels.cities import CITY_ID_PATTERN, validate_city_id
@@ -79,6 +81,7 @@ from citymodels.schema import (
     encode_record,
     encode_values,
 )
+from citymodels.versions import VERSION_PATTERN, validate_version
 
 MAX_ROWS = 1000
 """Rows per prediction request (one InvokeEndpoint call)."""
@@ -268,11 +271,22 @@ class CityDetail:
     uploads: list[UploadInfo]
 
 
+VERSION_REGEX = f"^{VERSION_PATTERN.pattern}$"
+"""The version id's pattern as a JSON Schema ``pattern`` (for the OpenAPI document)."""
+
+
 @dataclass
 class RollbackRequest:
     """``POST /cities/{city}/rollback``: the published version to serve again."""
 
-    version: str
+    # Documented, not enforced by the model: validate_version answers with the example.
+    version: Annotated[
+        str,
+        Field(
+            description="A published version id of the city",
+            json_schema_extra={"pattern": VERSION_REGEX},
+        ),
+    ]
 
 
 @dataclass
@@ -614,17 +628,60 @@ def parse_prediction_rows(body: RequestBody) -> list[list[str]]:
     return _json_rows(text)
 
 
+MAX_INTEGER_DIGITS = 4000
+"""Longer JSON integers are read as an infinite float: Python refuses to convert integers
+of more than 4,300 digits (``sys.get_int_max_str_digits``), and no field needs one."""
+
+
+def parse_json(text: str | bytes) -> Any:
+    """Parse a request's JSON body; every way a client can get it wrong is a :class:`BadRequest`.
+
+    Used for every JSON body (also as Powertools' ``json_body_deserializer``), so that
+    what :func:`json.loads` raises on hostile input (``RecursionError`` on deep nesting,
+    ``ValueError`` on integers of thousands of digits) never becomes a 500. NaN and
+    Infinity parse to floats, so that the field rules name the field they are in.
+    Duplicate names in one object are refused (``json.loads`` would keep the last).
+
+    Raises
+    ------
+    BadRequest
+        With ``field="body"`` (or the repeated name), and where the JSON went wrong.
+    """
+    try:
+        return json.loads(text, parse_int=_json_int, object_pairs_hook=_json_object)
+    except BadRequest:  # a repeated name, from _json_object
+        raise
+    except RecursionError as err:
+        raise BadRequest(
+            "the request body nests JSON arrays or objects too deeply", field="body"
+        ) from err
+    except json.JSONDecodeError as err:
+        raise BadRequest(
+            f"the request body is not valid JSON: {err.msg} at position {err.pos}", field="body"
+        ) from err
+    except (ValueError, TypeError) as err:  # e.g. bytes that are not UTF-8
+        raise BadRequest(f"the request body is not valid JSON: {err}", field="body") from err
+
+
+def _json_int(digits: str) -> int | float:
+    if len(digits.lstrip("-")) > MAX_INTEGER_DIGITS:
+        return float(digits)  # +-inf: a value no field rule accepts, named by that rule
+    return int(digits)
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in document:
+            raise BadRequest(f"field {name!r} appears twice in one JSON object", field=name)
+        document[name] = value
+    return document
+
+
 def _json_rows(text: str) -> list[list[str]]:
     if not text.strip():
         raise BadRequest('the request body is empty; send {"instances": [...]}', field="body")
-    try:
-        # NaN and Infinity parse to floats here, so that the field rules name them.
-        document = json.loads(text)
-    except ValueError as err:
-        detail = (
-            f": {err.msg} at position {err.pos}" if isinstance(err, json.JSONDecodeError) else ""
-        )
-        raise BadRequest(f"the request body is not valid JSON{detail}", field="body") from err
+    document = parse_json(text)
     if not isinstance(document, dict):
         raise BadRequest(
             f'the request body must be a JSON object {{"instances": [...]}}, '
@@ -989,6 +1046,7 @@ class CityApi:
         caller.require_admin()
         if not isinstance(version, str):
             raise BadRequest("'version' must be a string", field="version")
+        validate_version(version)  # a malformed id is the client's mistake, whatever the city
         self.registry.get_city(city)
         moved = self.registry.rollback(city, version)
         self.aliases.invalidate(city)
