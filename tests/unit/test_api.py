@@ -8,6 +8,7 @@ import copy
 import importlib.util
 import io
 import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -756,6 +757,9 @@ def test_rollback_refusals(
         (event_for("api_rollback", body="{"), 400, "bad_request", "body"),
         (event_for("api_rollback", body="x", content_type="text/plain"), 415,
          "unsupported_media_type", "Content-Type"),
+        (event_for("api_rollback", body=f'{{"version": "{V1}"}}',
+                   content_type="multipart/form-data"), 415, "unsupported_media_type",
+         "Content-Type"),
     ]  # fmt: skip
     for event, status, code, field in cases:
         got = call(predict_app, event, lambda_context)
@@ -790,12 +794,24 @@ def test_openapi_document_is_valid_openapi_3_listing_the_routes(
     assert instance["items"]["required"] == list(FEATURES)
     assert instance["items"]["properties"]["SQUARE_FEET"]["exclusiveMinimum"] == 0
     assert sorted(predict["responses"]) == [
-        "200", "400", "403", "404", "413", "415", "424", "500", "502", "503"
+        "200", "400", "401", "403", "404", "413", "415", "424", "429", "500", "502", "503"
     ]  # fmt: skip
+    # AND the rollback body carries the version pattern the server enforces
+    rollback = document["paths"]["/cities/{city}/rollback"]["post"]["requestBody"]["content"]
+    version = next(
+        iter(
+            document["components"]["schemas"][name]
+            for name in document["components"]["schemas"]
+            if name.startswith("RollbackRequest")
+        )
+    )
+    assert version["properties"]["version"]["pattern"] == api.VERSION_REGEX, rollback
+    assert re.fullmatch(api.VERSION_REGEX[1:-1], V1) and not re.search(api.VERSION_REGEX, "")
     # AND it documents what the API answers: no 422, bearer keys on every route
     for operations in document["paths"].values():
         for operation in operations.values():
             assert "422" not in operation["responses"]
+            assert "401" in operation["responses"]
             assert operation["security"] == [{"apiKey": []}]
     assert document["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
 

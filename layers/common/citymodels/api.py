@@ -884,15 +884,64 @@ def prediction_request_schema() -> dict[str, Any]:
             CSV: {
                 "schema": {
                     "type": "string",
+                    "pattern": csv_body_pattern(),
                     "description": (
                         f"One house per line: {', '.join(FEATURES)} (no PRICE); "
-                        "an optional header row naming the columns in any order."
+                        "an optional header row naming the columns in any order. "
+                        "The pattern gives the plain form of headerless rows within the "
+                        "field rules; the rules are those of the JSON body."
                     ),
                 },
                 "example": ",".join(str(example[c]) for c in FEATURES) + "\n",
             },
         },
     }
+
+
+def csv_body_pattern() -> str:
+    """Return a JSON Schema ``pattern`` of headerless CSV rows that the field rules accept.
+
+    Generated from :data:`~citymodels.schema.FIELD_RULES`: each number is a whole number
+    within its rule (with up to three decimals where the rule allows fractions and the
+    largest whole number plus a fraction still fits), each flag ``y``/``n`` in any case.
+    Every body it matches is accepted (a client may send more: headers, quotes, exponents).
+    """
+    cells = []
+    for column in NUMERIC_FEATURES:
+        rule = FIELD_RULES[column]
+        low = math.floor(rule.minimum) + 1 if rule.exclusive_minimum else math.ceil(rule.minimum)
+        high = math.floor(rule.maximum) - (0 if rule.whole else 1)
+        number = _integer_range_regex(low, high)
+        cells.append(number if rule.whole else f"{number}(?:\\.[0-9]{{1,3}})?")
+    cells += ["[yYnN]"] * len(FLAG_FEATURES)
+    row = ",".join(cells)
+    return f"^(?:{row}(?:\\r?\\n|$)){{1,{MAX_ROWS}}}$"
+
+
+def _integer_range_regex(low: int, high: int) -> str:
+    """Return a regex of the decimal integers from ``low`` to ``high`` (both >= 0)."""
+    parts = []
+    for digits in range(len(str(low)), len(str(high)) + 1):
+        first = max(low, 10 ** (digits - 1) if digits > 1 else 0)
+        last = min(high, 10**digits - 1)
+        if first <= last:
+            parts.append(_same_length_range(str(first), str(last)))
+    return "(?:" + "|".join(parts) + ")"
+
+
+def _same_length_range(low: str, high: str) -> str:
+    if low == high:
+        return low
+    if len(low) == 1:
+        return f"[{low}-{high}]"
+    if low[0] == high[0]:
+        return low[0] + _same_length_range(low[1:], high[1:])
+    rest = len(low) - 1
+    parts = [low[0] + _same_length_range(low[1:], "9" * rest)]
+    if int(high[0]) - int(low[0]) > 1:
+        parts.append(f"[{int(low[0]) + 1}-{int(high[0]) - 1}][0-9]{{{rest}}}")
+    parts.append(high[0] + _same_length_range("0" * rest, high[1:]))
+    return "(?:" + "|".join(parts) + ")"
 
 
 CITY_PATH_DESCRIPTION = "The city id: a letter, then up to 63 letters, digits, '_' or '-'."
