@@ -50,8 +50,12 @@ logger = Logger()
 tracer = Tracer(patch_modules=["botocore"])
 metrics = Metrics()
 # A response that does not match its declared schema is our bug: 500, not 422.
+# Bodies are parsed by citymodels' own JSON reader: deep nesting, huge integers and
+# repeated names are the client's mistake (400), never json.loads' RecursionError (500).
 app = APIGatewayRestResolver(
-    enable_validation=True, response_validation_error_http_code=HTTPStatus.INTERNAL_SERVER_ERROR
+    enable_validation=True,
+    response_validation_error_http_code=HTTPStatus.INTERNAL_SERVER_ERROR,
+    json_body_deserializer=api.parse_json,
 )
 
 # The clients are created on first use: GET /openapi.json needs neither, GET routes
@@ -72,9 +76,16 @@ SECURITY: list[dict[str, list[str]]] = [{"apiKey": []}]
 
 
 def _responses(ok: str, *errors: int) -> dict[int, Any]:
-    """Document a route's answers: ``ok`` (schema from the return type) and its errors."""
+    """Document a route's answers: ``ok`` (schema from the return type) and its errors.
+
+    Every route behind the authorizer may also get API Gateway's own 401 (no or unknown
+    key) and 429 (throttled), whose bodies are the template's GatewayResponses, in the
+    shape of ErrorBody.
+    """
     descriptions = {
         400: "Bad input; `field` names it (e.g. `instances[3].SQUARE_FEET`)",
+        401: "No API key, or an unknown or revoked one (answered by API Gateway)",
+        429: "Too many requests; retry later (answered by API Gateway)",
         403: "The key may not do this (city outside its patterns, or not an admin key)",
         404: "Unknown city, or no model serving it",
         409: "The version was never published",
@@ -86,7 +97,8 @@ def _responses(ok: str, *errors: int) -> dict[int, Any]:
     }
     error = {"application/json": {"model": api.ErrorBody}}
     answers: dict[int, Any] = {200: {"description": ok}}
-    answers.update({s: {"description": descriptions[s], "content": error} for s in errors})
+    statuses = sorted({*errors, 401, 429})
+    answers.update({s: {"description": descriptions[s], "content": error} for s in statuses})
     return answers
 
 
@@ -236,6 +248,19 @@ def invalid_request(err: RequestValidationError) -> Response[Any]:
 def unsupported_content_type(err: RequestUnsupportedContentType) -> Response[Any]:
     message = "Content-Type must be application/json"
     return _error(415, "unsupported_media_type", message, "Content-Type")
+
+
+@app.exception_handler(ValueError)  # type: ignore[untyped-decorator]
+def unreadable_body(err: ValueError) -> Response[Any]:
+    # Powertools reads form and multipart bodies itself before any route runs, and raises
+    # ValueError on a malformed one (multipart without a boundary): the client's mistake.
+    media_type = api.RequestBody(None, content_type=app.current_event.headers.get("content-type"))
+    if media_type.media_type() != api.JSON:
+        message = "Content-Type must be application/json"
+        return _error(415, "unsupported_media_type", message, "Content-Type")
+    logger.exception("the API failed")
+    request_id = app.lambda_context.aws_request_id
+    return _error(500, "internal_error", f"internal error (request {request_id})")
 
 
 @app.not_found

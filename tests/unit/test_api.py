@@ -8,6 +8,7 @@ import copy
 import importlib.util
 import io
 import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -428,6 +429,18 @@ BAD_REQUESTS = [
      "instances[0].SQUARE_FEET", "finite"),
     ("Infinity constant", predict_body(HOUSE).replace("0.8", "-Infinity"), None, None, 400,
      "instances[0].LOT_ACRES", "finite"),
+    ("4,000-digit number", predict_body(HOUSE).replace("2100.5", "9" * 4000), None, None, 400,
+     "instances[0].SQUARE_FEET", "at most 1000000, got 999"),
+    ("5,000-digit number", predict_body(HOUSE).replace("2100.5", "-" + "9" * 5000), None, None,
+     400, "instances[0].SQUARE_FEET", "finite"),
+    ("deeply nested value", predict_body(HOUSE).replace("0.8", "[" * 100_000 + "]" * 100_000),
+     None, None, 400, "body", "too deeply"),
+    ("names differing only in case", predict_body(HOUSE | {"deck": "y"}), None, None, 400,
+     "instances[0].DECK", "given twice, as 'DECK' and 'deck'"),
+    ("a name given twice", predict_body(HOUSE)[:-1] + ', "instances": []}', None, None, 400,
+     "instances", "appears twice"),
+    ("a 6 MB value", predict_body(HOUSE | {"DECK": "y" * 6_000_000}), None, None, 400,
+     "instances[0].DECK", "'y' or 'n', got 'yyy"),
     ("1001 rows", _many(1001), None, None, 413, "instances", "at most 1,000"),
     ("over 6 MB", predict_body(HOUSE)[:-1] + " " * (6 * 1024 * 1024) + "}", None, None, 413,
      "body", "at most 6,291,456"),
@@ -729,11 +742,24 @@ def test_rollback_refusals(
         (rollback_event(V3), 409, "unknown_run", "version"),
         (rollback_event("v1"), 400, "invalid_version", "version"),
         (rollback_event(1), 400, "bad_request", "version"),
+        (rollback_event(""), 400, "invalid_version", "version"),
+        (rollback_event(V2.replace("2", "\u0662")), 400, "invalid_version", "version"),  # Arabic 2
+        (rollback_event("v1", city="Boston_MA"), 400, "invalid_version", "version"),
+        (rollback_event(int("9" * 4000)), 400, "bad_request", "version"),
+        (event_for("api_rollback", body='{"version": ' + "9" * 5000 + "}"), 400, "bad_request",
+         "version"),
+        (event_for("api_rollback", body='{"version": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+         400, "bad_request", "body"),
+        (event_for("api_rollback", body=f'{{"version": "{V2}", "version": "{V2}"}}'), 400,
+         "bad_request", "version"),
         (rollback_event(V2, city="Boston_MA"), 404, "unknown_city", "city"),
         (event_for("api_rollback", body="{}"), 400, "bad_request", "version"),
         (event_for("api_rollback", body="{"), 400, "bad_request", "body"),
         (event_for("api_rollback", body="x", content_type="text/plain"), 415,
          "unsupported_media_type", "Content-Type"),
+        (event_for("api_rollback", body=f'{{"version": "{V1}"}}',
+                   content_type="multipart/form-data"), 415, "unsupported_media_type",
+         "Content-Type"),
     ]  # fmt: skip
     for event, status, code, field in cases:
         got = call(predict_app, event, lambda_context)
@@ -768,12 +794,24 @@ def test_openapi_document_is_valid_openapi_3_listing_the_routes(
     assert instance["items"]["required"] == list(FEATURES)
     assert instance["items"]["properties"]["SQUARE_FEET"]["exclusiveMinimum"] == 0
     assert sorted(predict["responses"]) == [
-        "200", "400", "403", "404", "413", "415", "424", "500", "502", "503"
+        "200", "400", "401", "403", "404", "413", "415", "424", "429", "500", "502", "503"
     ]  # fmt: skip
+    # AND the rollback body carries the version pattern the server enforces
+    rollback = document["paths"]["/cities/{city}/rollback"]["post"]["requestBody"]["content"]
+    version = next(
+        iter(
+            document["components"]["schemas"][name]
+            for name in document["components"]["schemas"]
+            if name.startswith("RollbackRequest")
+        )
+    )
+    assert version["properties"]["version"]["pattern"] == api.VERSION_REGEX, rollback
+    assert re.fullmatch(api.VERSION_REGEX[1:-1], V1) and not re.search(api.VERSION_REGEX, "")
     # AND it documents what the API answers: no 422, bearer keys on every route
     for operations in document["paths"].values():
         for operation in operations.values():
             assert "422" not in operation["responses"]
+            assert "401" in operation["responses"]
             assert operation["security"] == [{"apiKey": []}]
     assert document["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
 
@@ -827,5 +865,6 @@ def test_request_schema_follows_the_field_rules() -> None:
 
 
 def test_parsed_rows_are_what_the_endpoint_reads() -> None:
-    body = api.RequestBody(predict_body(HOUSE | {"deck": " Y ", "YEAR_BUILT": "1995"}))
+    house = {k: v for k, v in HOUSE.items() if k != "DECK"}
+    body = api.RequestBody(predict_body(house | {"deck": " Y ", "YEAR_BUILT": "1995"}))
     assert api.rows_to_csv(api.parse_prediction_rows(body)) == "1995,2100.5,3,2.5,0.8,2,y,y\n"

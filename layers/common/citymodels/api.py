@@ -44,7 +44,9 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from citymodels.auth import authorizer_policy, city_allowed
 from citymodels.cities import CITY_ID_PATTERN, validate_city_id
@@ -79,6 +81,7 @@ from citymodels.schema import (
     encode_record,
     encode_values,
 )
+from citymodels.versions import VERSION_PATTERN, validate_version
 
 MAX_ROWS = 1000
 """Rows per prediction request (one InvokeEndpoint call)."""
@@ -268,11 +271,22 @@ class CityDetail:
     uploads: list[UploadInfo]
 
 
+VERSION_REGEX = f"^{VERSION_PATTERN.pattern}$"
+"""The version id's pattern as a JSON Schema ``pattern`` (for the OpenAPI document)."""
+
+
 @dataclass
 class RollbackRequest:
     """``POST /cities/{city}/rollback``: the published version to serve again."""
 
-    version: str
+    # Documented, not enforced by the model: validate_version answers with the example.
+    version: Annotated[
+        str,
+        Field(
+            description="A published version id of the city",
+            json_schema_extra={"pattern": VERSION_REGEX},
+        ),
+    ]
 
 
 @dataclass
@@ -614,17 +628,60 @@ def parse_prediction_rows(body: RequestBody) -> list[list[str]]:
     return _json_rows(text)
 
 
+MAX_INTEGER_DIGITS = 4000
+"""Longer JSON integers are read as an infinite float: Python refuses to convert integers
+of more than 4,300 digits (``sys.get_int_max_str_digits``), and no field needs one."""
+
+
+def parse_json(text: str | bytes) -> Any:
+    """Parse a request's JSON body; every way a client can get it wrong is a :class:`BadRequest`.
+
+    Used for every JSON body (also as Powertools' ``json_body_deserializer``), so that
+    what :func:`json.loads` raises on hostile input (``RecursionError`` on deep nesting,
+    ``ValueError`` on integers of thousands of digits) never becomes a 500. NaN and
+    Infinity parse to floats, so that the field rules name the field they are in.
+    Duplicate names in one object are refused (``json.loads`` would keep the last).
+
+    Raises
+    ------
+    BadRequest
+        With ``field="body"`` (or the repeated name), and where the JSON went wrong.
+    """
+    try:
+        return json.loads(text, parse_int=_json_int, object_pairs_hook=_json_object)
+    except BadRequest:  # a repeated name, from _json_object
+        raise
+    except RecursionError as err:
+        raise BadRequest(
+            "the request body nests JSON arrays or objects too deeply", field="body"
+        ) from err
+    except json.JSONDecodeError as err:
+        raise BadRequest(
+            f"the request body is not valid JSON: {err.msg} at position {err.pos}", field="body"
+        ) from err
+    except (ValueError, TypeError) as err:  # e.g. bytes that are not UTF-8
+        raise BadRequest(f"the request body is not valid JSON: {err}", field="body") from err
+
+
+def _json_int(digits: str) -> int | float:
+    if len(digits.lstrip("-")) > MAX_INTEGER_DIGITS:
+        return float(digits)  # +-inf: a value no field rule accepts, named by that rule
+    return int(digits)
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in document:
+            raise BadRequest(f"field {name!r} appears twice in one JSON object", field=name)
+        document[name] = value
+    return document
+
+
 def _json_rows(text: str) -> list[list[str]]:
     if not text.strip():
         raise BadRequest('the request body is empty; send {"instances": [...]}', field="body")
-    try:
-        # NaN and Infinity parse to floats here, so that the field rules name them.
-        document = json.loads(text)
-    except ValueError as err:
-        detail = (
-            f": {err.msg} at position {err.pos}" if isinstance(err, json.JSONDecodeError) else ""
-        )
-        raise BadRequest(f"the request body is not valid JSON{detail}", field="body") from err
+    document = parse_json(text)
     if not isinstance(document, dict):
         raise BadRequest(
             f'the request body must be a JSON object {{"instances": [...]}}, '
@@ -827,15 +884,64 @@ def prediction_request_schema() -> dict[str, Any]:
             CSV: {
                 "schema": {
                     "type": "string",
+                    "pattern": csv_body_pattern(),
                     "description": (
                         f"One house per line: {', '.join(FEATURES)} (no PRICE); "
-                        "an optional header row naming the columns in any order."
+                        "an optional header row naming the columns in any order. "
+                        "The pattern gives the plain form of headerless rows within the "
+                        "field rules; the rules are those of the JSON body."
                     ),
                 },
                 "example": ",".join(str(example[c]) for c in FEATURES) + "\n",
             },
         },
     }
+
+
+def csv_body_pattern() -> str:
+    """Return a JSON Schema ``pattern`` of headerless CSV rows that the field rules accept.
+
+    Generated from :data:`~citymodels.schema.FIELD_RULES`: each number is a whole number
+    within its rule (with up to three decimals where the rule allows fractions and the
+    largest whole number plus a fraction still fits), each flag ``y``/``n`` in any case.
+    Every body it matches is accepted (a client may send more: headers, quotes, exponents).
+    """
+    cells = []
+    for column in NUMERIC_FEATURES:
+        rule = FIELD_RULES[column]
+        low = math.floor(rule.minimum) + 1 if rule.exclusive_minimum else math.ceil(rule.minimum)
+        high = math.floor(rule.maximum) - (0 if rule.whole else 1)
+        number = _integer_range_regex(low, high)
+        cells.append(number if rule.whole else f"{number}(?:\\.[0-9]{{1,3}})?")
+    cells += ["[yYnN]"] * len(FLAG_FEATURES)
+    row = ",".join(cells)
+    return f"^(?:{row}(?:\\r?\\n|$)){{1,{MAX_ROWS}}}$"
+
+
+def _integer_range_regex(low: int, high: int) -> str:
+    """Return a regex of the decimal integers from ``low`` to ``high`` (both >= 0)."""
+    parts = []
+    for digits in range(len(str(low)), len(str(high)) + 1):
+        first = max(low, 10 ** (digits - 1) if digits > 1 else 0)
+        last = min(high, 10**digits - 1)
+        if first <= last:
+            parts.append(_same_length_range(str(first), str(last)))
+    return "(?:" + "|".join(parts) + ")"
+
+
+def _same_length_range(low: str, high: str) -> str:
+    if low == high:
+        return low
+    if len(low) == 1:
+        return f"[{low}-{high}]"
+    if low[0] == high[0]:
+        return low[0] + _same_length_range(low[1:], high[1:])
+    rest = len(low) - 1
+    parts = [low[0] + _same_length_range(low[1:], "9" * rest)]
+    if int(high[0]) - int(low[0]) > 1:
+        parts.append(f"[{int(low[0]) + 1}-{int(high[0]) - 1}][0-9]{{{rest}}}")
+    parts.append(high[0] + _same_length_range("0" * rest, high[1:]))
+    return "(?:" + "|".join(parts) + ")"
 
 
 CITY_PATH_DESCRIPTION = "The city id: a letter, then up to 63 letters, digits, '_' or '-'."
@@ -989,6 +1095,7 @@ class CityApi:
         caller.require_admin()
         if not isinstance(version, str):
             raise BadRequest("'version' must be a string", field="version")
+        validate_version(version)  # a malformed id is the client's mistake, whatever the city
         self.registry.get_city(city)
         moved = self.registry.rollback(city, version)
         self.aliases.invalidate(city)

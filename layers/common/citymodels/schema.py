@@ -110,7 +110,12 @@ def parse_number(column: str, text: object) -> float:
     if isinstance(text, bool):  # bool is an int subclass; True is no year
         raise InvalidRecord(f"{column} must be a number, got {text!r}", field=column)
     if isinstance(text, (int, float)):
-        value = float(text)
+        try:
+            value = float(text)
+        except OverflowError:  # a JSON integer of hundreds of digits
+            raise InvalidRecord(
+                f"{column} must be {rule.describe()}, got {_clip(str(text))}", field=column
+            ) from None
         if not math.isfinite(value):
             raise InvalidRecord(f"{column} must be finite, got {text!r}", field=column)
     elif isinstance(text, str):
@@ -189,7 +194,8 @@ def encode_record(record: Mapping[str, object]) -> list[float]:
     """Encode one house given as a mapping of column name to value.
 
     Names are matched case-insensitively; a PRICE entry is ignored (callers may pass a
-    whole raw row); any other unknown name is an error, so a typo is not silently dropped.
+    whole raw row); any other unknown name is an error, so a typo is not silently dropped,
+    and so are two names that differ only in case (``DECK`` and ``deck``).
 
     Raises
     ------
@@ -197,13 +203,21 @@ def encode_record(record: Mapping[str, object]) -> list[float]:
         A missing or unknown column, or a value that does not parse.
     """
     by_name: dict[str, object] = {}
+    given: dict[str, object] = {}
     for name, value in record.items():
         upper = str(name).strip().upper()
         if upper not in COLUMNS:
             raise InvalidRecord(
                 f"unknown field {name!r}; expected {', '.join(FEATURES)}", field=str(name)
             )
+        if upper in by_name:  # names are case-insensitive: which of the two was meant?
+            raise InvalidRecord(
+                f"{upper} is given twice, as {given[upper]!r} and {name!r} "
+                "(field names are case-insensitive)",
+                field=upper,
+            )
         by_name[upper] = value
+        given[upper] = name
     missing = [column for column in FEATURES if column not in by_name]
     if missing:
         raise InvalidRecord(f"missing field(s): {', '.join(missing)}", field=missing[0])

@@ -18,7 +18,9 @@ from citymodels.errors import InvalidVersion
 
 SEQUENCER_WIDTH = 32
 _TIME_FORMAT = "%Y%m%dT%H%M%S"
-VERSION_PATTERN = re.compile(r"(\d{8}T\d{6})(\d{3})Z-([0-9A-F]{32})")
+# [0-9], not \d: \d also matches other scripts' digits, and the OpenAPI document
+# gives this pattern to clients, whose regex engines read \d as ASCII digits.
+VERSION_PATTERN = re.compile(r"([0-9]{8}T[0-9]{6})([0-9]{3})Z-([0-9A-F]{32})")
 _SEQUENCER = re.compile(r"[0-9A-Fa-f]{1,32}")
 
 
