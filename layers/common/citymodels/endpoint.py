@@ -37,24 +37,28 @@ class ModelNotReady(EndpointError):
     """The model was still loading when the deadline passed (MME 429)."""
 
     code = "model_not_ready"
+    status_code = 503
 
 
 class ModelFailed(EndpointError):
     """The model's container failed on the request (MME 424 ModelError)."""
 
     code = "model_error"
+    status_code = 424
 
 
 class ModelMissing(EndpointError):
     """The endpoint has no such target model (its artifact is missing)."""
 
     code = "model_missing"
+    status_code = 502
 
 
 class EndpointRejected(EndpointError):
     """The endpoint refused the request (400 ValidationError)."""
 
     code = "endpoint_rejected"
+    status_code = 502
 
 
 def _error_code(err: Exception) -> tuple[str, str]:

@@ -66,12 +66,14 @@ class UnknownCity(RegistryError, LookupError):
     """Nothing was ever uploaded for this city."""
 
     code = "unknown_city"
+    status_code = 404
 
 
 class UnknownRun(RegistryError, LookupError):
     """No run with this id for the city."""
 
     code = "unknown_run"
+    status_code = 409
 
 
 class UnknownKey(RegistryError, LookupError):
@@ -84,6 +86,7 @@ class NotPublishable(RegistryError):
     """The alias cannot move to this version (never published, or not newer)."""
 
     code = "not_publishable"
+    status_code = 409
 
 
 def now_iso() -> str:
