@@ -45,7 +45,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from citymodels.auth import authorizer_policy, city_allowed
 from citymodels.cities import CITY_ID_PATTERN, validate_city_id
@@ -74,6 +74,11 @@ from citymodels.schema import (
     encode_record,
     encode_values,
 )
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.data_classes.api_gateway_authorizer_event import (
+        APIGatewayRouteArn,
+    )
 
 MAX_ROWS = 1000
 """Rows per prediction request (one InvokeEndpoint call)."""
@@ -997,12 +1002,14 @@ def bearer_secret(header: str | None) -> str:
     return secret
 
 
-def authorize(registry: Registry, header: str | None, method_arn: str) -> dict[str, Any]:
+def authorize(
+    registry: Registry, header: str | None, route_arn: APIGatewayRouteArn
+) -> dict[str, Any]:
     """Return the REQUEST authorizer's answer for an ``Authorization`` header.
 
     The policy covers everything the key may do (:func:`citymodels.auth.authorizer_policy`),
-    not only ``method_arn``: API Gateway caches it by the header and reuses it for every
-    route the key calls within the cache's TTL.
+    not only the route of ``route_arn`` (the event's ``parsed_arn``): API Gateway caches it
+    by the header and reuses it for every route the key calls within the cache's TTL.
 
     Raises
     ------
@@ -1013,5 +1020,5 @@ def authorize(registry: Registry, header: str | None, method_arn: str) -> dict[s
     if key is None:
         raise Unauthorized("unknown or revoked API key")
     return authorizer_policy(
-        method_arn, principal_id=key.key_id, patterns=key.cities, admin=key.admin
+        route_arn, principal_id=key.key_id, patterns=key.cities, admin=key.admin
     )
