@@ -8,14 +8,17 @@ sockets to anything but moto are never opened.
 
 from __future__ import annotations
 
+import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+from botocore.response import StreamingBody
+from botocore.stub import Stubber
 from moto import mock_aws
 
 from citymodels.registry import TABLE_KEY_SCHEMA, Registry
@@ -122,3 +125,58 @@ class FakeLambdaContext:
 def lambda_context() -> FakeLambdaContext:
     """A fake LambdaContext."""
     return FakeLambdaContext()
+
+
+@dataclass(frozen=True)
+class EndpointFailure:
+    """An error answer of InvokeEndpoint: its code, HTTP status and message."""
+
+    code: str
+    status: int
+    message: str
+
+
+class StubbedRuntime:
+    """A real ``sagemaker-runtime`` client under botocore's :class:`~botocore.stub.Stubber`.
+
+    Stubber answers from a queue of canned answers; the endpoint's answers depend on the
+    rows sent, so each InvokeEndpoint queues its own answer, ``answer(request)``, just
+    before Stubber takes it (botocore's ``provide-client-params`` event). Stubber checks
+    the request and the answer against the API model, and an :class:`EndpointFailure`
+    arrives as botocore raises it: the modelled exception (``client.exceptions.ModelError``
+    ...). The requests are kept in :attr:`requests`.
+    """
+
+    def __init__(self, answer: Callable[[dict[str, Any]], bytes | EndpointFailure]) -> None:
+        self.client = boto3.client(
+            "sagemaker-runtime",
+            region_name=REGION,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        self.requests: list[dict[str, Any]] = []
+        self._answer = answer
+        self._stubber = Stubber(self.client)
+        self.client.meta.events.register(
+            "provide-client-params.sagemaker-runtime.InvokeEndpoint", self._queue_answer
+        )
+        self._stubber.activate()
+
+    def _queue_answer(self, params: dict[str, Any], **_: Any) -> None:
+        self.requests.append(dict(params))
+        answer = self._answer(params)
+        if isinstance(answer, EndpointFailure):
+            self._stubber.add_client_error(
+                "invoke_endpoint",
+                service_error_code=answer.code,
+                service_message=answer.message,
+                http_status_code=answer.status,
+            )
+        else:
+            self._stubber.add_response(
+                "invoke_endpoint",
+                {
+                    "Body": StreamingBody(io.BytesIO(answer), len(answer)),
+                    "ContentType": "application/json",
+                },
+            )

@@ -4,16 +4,15 @@ SageMaker is moto's (which validates every request against the API model) behind
 fake that adds what moto does not do: ResourceInUse for a duplicate job name,
 ResourceLimitExceeded on demand, and the Describe* answers of failed jobs and finished
 training jobs. The processing job's work is done by the real container code
-(``preprocessing/preprocess.py`` through the devkit); the endpoint is a fake
-``sagemaker-runtime`` that loads ``mme/{TargetModel}`` from moto S3 and answers as the
-inference pipeline does: with the local Linear Learner for real artifacts, or with a
+(``preprocessing/preprocess.py`` through the devkit); the endpoint is a real
+``sagemaker-runtime`` client under botocore's Stubber that loads ``mme/{TargetModel}``
+from moto S3 and answers as the inference pipeline does: with the local Linear Learner for real artifacts, or with a
 known error (``{"bias": b}`` artifacts: the true price + b, so the MAE is |b|).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,7 +50,7 @@ from citymodels.registry import (
 )
 from citymodels_devkit import localrun
 from citymodels_devkit.linear_learner import load_model
-from tests.aws import BUCKET, ENDPOINT, STACK, Aws
+from tests.aws import BUCKET, ENDPOINT, STACK, Aws, EndpointFailure, StubbedRuntime
 from tests.conftest import raw_rows, upload
 from tests.unit.test_validation import CORPUS
 
@@ -150,48 +149,48 @@ def true_price(row: str) -> float:
     )
 
 
-class FakeRuntime:
-    """A ``sagemaker-runtime`` client serving ``mme/{TargetModel}`` from moto S3."""
+class FakeRuntime(StubbedRuntime):
+    """A ``sagemaker-runtime`` client serving ``mme/{TargetModel}`` from moto S3.
+
+    A real client under botocore's Stubber (:class:`tests.aws.StubbedRuntime`), answering
+    each call from the artifact the request names.
+    """
 
     def __init__(self, s3: Any) -> None:
+        super().__init__(self._predict)
         self.s3 = s3
-        self.calls: list[str] = []
         self._pipelines: dict[bytes, localrun.Pipeline] = {}
 
-    def invoke_endpoint(
-        self,
-        *,
-        EndpointName: str,  # noqa: N803 - boto3's parameter names
-        TargetModel: str,  # noqa: N803
-        ContentType: str,  # noqa: N803
-        Accept: str,  # noqa: N803
-        Body: bytes,  # noqa: N803
-    ) -> dict[str, Any]:
-        assert EndpointName == ENDPOINT and ContentType == "text/csv"
-        self.calls.append(TargetModel)
+    @property
+    def calls(self) -> list[str]:
+        """The TargetModel of each InvokeEndpoint, in order."""
+        return [request["TargetModel"] for request in self.requests]
+
+    def _predict(self, request: dict[str, Any]) -> bytes | EndpointFailure:
+        target_model, body = request["TargetModel"], request["Body"]
+        assert request["EndpointName"] == ENDPOINT and request["ContentType"] == "text/csv"
         try:
-            artifact = self.s3.get_object(Bucket=BUCKET, Key=f"mme/{TargetModel}")["Body"].read()
-        except ClientError as err:
-            raise client_error(
+            artifact = self.s3.get_object(Bucket=BUCKET, Key=f"mme/{target_model}")["Body"].read()
+        except ClientError:
+            return EndpointFailure(
                 "ValidationError",
-                f"Failed to download model data for target model {TargetModel}: not found",
-                "InvokeEndpoint",
-            ) from err
+                400,
+                f"Failed to download model data for target model {target_model}: not found",
+            )
         if artifact[:2] == b"\x1f\x8b":  # a real model.tar.gz: the local inference pipeline
             if artifact not in self._pipelines:
                 self._pipelines[artifact] = localrun.Pipeline(load_model(artifact))
-            prices = self._pipelines[artifact].predict_body(Body, "text/csv")
+            prices = self._pipelines[artifact].predict_body(body, "text/csv")
         else:
             model = json.loads(artifact)
             if model.get("fail"):
-                raise client_error(
+                return EndpointFailure(
                     "ModelError",
+                    424,
                     "Received server error (500) from model with message 'predict failed'",
-                    "InvokeEndpoint",
                 )
-            prices = [true_price(row) + model["bias"] for row in Body.decode().splitlines()]
-        answer = json.dumps({"predictions": [{"score": p} for p in prices]}).encode()
-        return {"Body": io.BytesIO(answer), "ContentType": "application/json"}
+            prices = [true_price(row) + model["bias"] for row in body.decode().splitlines()]
+        return json.dumps({"predictions": [{"score": p} for p in prices]}).encode()
 
 
 # -- the world: a pipeline on moto, and the steps SageMaker would take ----------------
@@ -335,7 +334,7 @@ def world(aws: Aws, tmp_path: Path) -> World:
         sagemaker=sagemaker,
         sqs=sqs,
         registry=aws.registry,
-        endpoint=EndpointClient(ENDPOINT, client=runtime, sleep=lambda _: None),
+        endpoint=EndpointClient(ENDPOINT, client=runtime.client, sleep=lambda _: None),
     )
     return World(aws, pipeline, sagemaker, runtime, sqs, tmp_path)
 
