@@ -66,19 +66,18 @@ HYPERPARAMETERS = {
 }
 
 
-def client_error(code: str, message: str, operation: str) -> ClientError:
-    """The error botocore raises for an AWS error answer."""
-    return ClientError({"Error": {"Code": code, "Message": message}}, operation)
-
-
 # -- fakes ----------------------------------------------------------------------------
 
 
 class FakeSageMaker:
-    """moto's SageMaker plus ResourceInUse, ResourceLimitExceeded and Describe* answers."""
+    """moto's SageMaker plus ResourceInUse, ResourceLimitExceeded and Describe* answers.
+
+    Errors are raised as botocore raises them: the client's modelled exceptions.
+    """
 
     def __init__(self, real: Any) -> None:
         self.real = real
+        self.exceptions = real.exceptions
         self.processing_requests: list[dict[str, Any]] = []
         self.training_requests: list[dict[str, Any]] = []
         self.capacity_errors = 0
@@ -90,18 +89,25 @@ class FakeSageMaker:
         name = request[f"{kind}JobName"]
         if self.capacity_errors:
             self.capacity_errors -= 1
-            raise client_error(
+            raise self._error(
                 "ResourceLimitExceeded",
                 f"The account-level service limit 'ml.m5.large for {kind.lower()} job usage' "
                 "is 2 Instances, with current utilization of 2 Instances",
                 f"Create{kind}Job",
             )
         if any(r[f"{kind}JobName"] == name for r in requests):
-            raise client_error(
+            raise self._error(
                 "ResourceInUse", f"{kind} job {name} already exists", f"Create{kind}Job"
             )
         getattr(self.real, f"create_{kind.lower()}_job")(**request)
         requests.append(request)
+
+    def _error(self, code: str, message: str, operation: str) -> ClientError:
+        """The exception botocore raises for this AWS error answer."""
+        error: ClientError = self.exceptions.from_code(code)(
+            {"Error": {"Code": code, "Message": message}}, operation
+        )
+        return error
 
     def create_processing_job(self, **request: Any) -> dict[str, Any]:
         self._create("Processing", self.processing_requests, request)

@@ -290,12 +290,11 @@ class Registry:
         answer = self._client.update_item(**kwargs)
         return self._plain(answer.get("Attributes", {}))
 
-    def _is_conditional_failure(self, err: Exception) -> bool:
-        response = getattr(err, "response", {}) or {}
-        return response.get("Error", {}).get("Code") in (
-            "ConditionalCheckFailedException",
-            "TransactionCanceledException",
-        )
+    @property
+    def _condition_failed(self) -> tuple[type[Exception], ...]:
+        """botocore's exceptions for a write whose condition did not hold."""
+        errors = self._client.exceptions
+        return (errors.ConditionalCheckFailedException, errors.TransactionCanceledException)
 
     # -- cities ----------------------------------------------------------------------
 
@@ -365,10 +364,8 @@ class Registry:
                 {"city": run.city, "run": run.run, **values},
                 condition="attribute_not_exists(pk)",
             )
-        except Exception as err:
-            if self._is_conditional_failure(err):
-                return False
-            raise
+        except self._condition_failed:
+            return False
         self._touch_city(run.city)
         return True
 
@@ -409,12 +406,10 @@ class Registry:
                 condition_values=condition_values,
                 condition_names={"#st": "status"} if expected_status else None,
             )
-        except Exception as err:
-            if self._is_conditional_failure(err):
-                if expected_status:
-                    return None
-                raise UnknownRun(f"city {city!r} has no run {run!r}", field="version") from err
-            raise
+        except self._condition_failed as err:
+            if expected_status:
+                return None
+            raise UnknownRun(f"city {city!r} has no run {run!r}", field="version") from err
         return _run(item)
 
     # -- content (duplicate detection) -----------------------------------------------
@@ -494,10 +489,8 @@ class Registry:
                 condition="attribute_not_exists(newest_published) OR newest_published < :v",
                 condition_values={":v": version},
             )
-        except Exception as err:
-            if self._is_conditional_failure(err):
-                return False
-            raise
+        except self._condition_failed:
+            return False
         run = self.get_run(city, version)
         self.update_run(city, version, published_at=now, model_key=model_key)
         self._mark_content_published(city, run.sha256, version)
