@@ -27,7 +27,7 @@ from tests.aws import (
     ENDPOINT,
     REGION,
     TABLE,
-    EndpointFailure,
+    AwsError,
     FakeLambdaContext,
     StubbedRuntime,
     create_registry_table,
@@ -110,7 +110,7 @@ class FakeRuntime(StubbedRuntime):
 
     def __init__(self) -> None:
         super().__init__(self._price)
-        self.errors: list[EndpointFailure] = []
+        self.errors: list[AwsError] = []
 
     @property
     def calls(self) -> list[dict[str, Any]]:
@@ -118,9 +118,9 @@ class FakeRuntime(StubbedRuntime):
         return self.requests
 
     def fail(self, code: str, status: int, message: str, times: int = 1) -> None:
-        self.errors.extend([EndpointFailure(code, status, message)] * times)
+        self.errors.extend([AwsError(code, status, message)] * times)
 
-    def _price(self, request: dict[str, Any]) -> bytes | EndpointFailure:
+    def _price(self, request: dict[str, Any]) -> bytes | AwsError:
         if self.errors:
             return self.errors.pop(0)
         rows = request["Body"].decode("utf-8").splitlines()

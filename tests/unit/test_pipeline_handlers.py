@@ -111,7 +111,7 @@ def faked(module: ModuleType, aws: Aws, tmp_path: Path, world: World | None = No
     pipeline = Pipeline(
         module.SETTINGS,
         s3=aws.s3,
-        sagemaker=sagemaker,
+        sagemaker=sagemaker.client,
         sqs=sqs,
         registry=aws.registry,
         endpoint=EndpointClient(ENDPOINT, client=runtime.client, sleep=lambda _: None),
