@@ -8,14 +8,19 @@ sockets to anything but moto are never opened.
 
 from __future__ import annotations
 
+import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+from botocore import xform_name
+from botocore.model import OperationModel
+from botocore.response import StreamingBody
+from botocore.stub import Stubber
 from moto import mock_aws
 
 from citymodels.registry import TABLE_KEY_SCHEMA, Registry
@@ -122,3 +127,78 @@ class FakeLambdaContext:
 def lambda_context() -> FakeLambdaContext:
     """A fake LambdaContext."""
     return FakeLambdaContext()
+
+
+@dataclass(frozen=True)
+class AwsError:
+    """An AWS error answer: its code, HTTP status and message."""
+
+    code: str
+    status: int
+    message: str
+
+
+class StubbedClient:
+    """A real boto3 client under botocore's :class:`~botocore.stub.Stubber`, answered per call.
+
+    Stubber answers from a queue of canned answers; here each call queues its own answer,
+    ``answer(operation, request)`` (the client's method name and its parameters), just
+    before Stubber takes it (botocore's ``provide-client-params`` event), so an answer can
+    depend on the request. Stubber checks the request and the answer against the API
+    model, and an :class:`AwsError` arrives as botocore raises it: the modelled exception
+    (``client.exceptions.ResourceInUse``, ``ModelError``, ...) where the model has one.
+    Every call is kept in :attr:`operations`, as ``(operation, request)``.
+    """
+
+    def __init__(
+        self, service: str, answer: Callable[[str, dict[str, Any]], dict[str, Any] | AwsError]
+    ) -> None:
+        self.client = boto3.client(
+            service,
+            region_name=REGION,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        self.operations: list[tuple[str, dict[str, Any]]] = []
+        self._answer = answer
+        self._stubber = Stubber(self.client)
+        service_id = self.client.meta.service_model.service_id.hyphenize()
+        self.client.meta.events.register(f"provide-client-params.{service_id}", self._queue)
+        self._stubber.activate()
+
+    def _queue(self, params: dict[str, Any], model: OperationModel, **_: Any) -> None:
+        operation = xform_name(model.name)
+        self.operations.append((operation, dict(params)))
+        answer = self._answer(operation, params)
+        if isinstance(answer, AwsError):
+            self._stubber.add_client_error(
+                operation,
+                service_error_code=answer.code,
+                service_message=answer.message,
+                http_status_code=answer.status,
+            )
+        else:
+            self._stubber.add_response(operation, answer)
+
+
+class StubbedRuntime(StubbedClient):
+    """A ``sagemaker-runtime`` client whose InvokeEndpoint answers ``answer(request)``:
+    the answer's JSON body, or an :class:`AwsError` (``ModelError``, ...)."""
+
+    def __init__(self, answer: Callable[[dict[str, Any]], bytes | AwsError]) -> None:
+        def invoke_endpoint(operation: str, request: dict[str, Any]) -> dict[str, Any] | AwsError:
+            assert operation == "invoke_endpoint", operation
+            body = answer(request)
+            if isinstance(body, AwsError):
+                return body
+            return {
+                "Body": StreamingBody(io.BytesIO(body), len(body)),
+                "ContentType": "application/json",
+            }
+
+        super().__init__("sagemaker-runtime", invoke_endpoint)
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """The InvokeEndpoint requests, in order."""
+        return [request for _, request in self.operations]

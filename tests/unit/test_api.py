@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import copy
 import importlib.util
-import io
 import json
 import re
 import sys
@@ -17,8 +16,6 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError
-from botocore.response import StreamingBody
 from moto import mock_aws
 from openapi_spec_validator import validate as validate_openapi
 
@@ -31,7 +28,9 @@ from tests.aws import (
     ENDPOINT,
     REGION,
     TABLE,
+    AwsError,
     FakeLambdaContext,
+    StubbedRuntime,
     create_registry_table,
     load_event,
 )
@@ -102,38 +101,32 @@ class FakeClock:
         self.now += seconds
 
 
-class FakeRuntime:
+class FakeRuntime(StubbedRuntime):
     """sagemaker-runtime's InvokeEndpoint: price = 100 x SQUARE_FEET, or scripted errors.
 
-    Errors are raised as botocore raises them (``ClientError`` with the documented code
-    and HTTP status), so the real :class:`EndpointClient` handles them.
+    A real client under botocore's Stubber (:class:`tests.aws.StubbedRuntime`): errors
+    arrive as botocore raises them (the modelled exception, with the documented code and
+    HTTP status), so the real :class:`EndpointClient` handles them.
     """
 
     def __init__(self) -> None:
-        self.calls: list[dict[str, Any]] = []
-        self.errors: list[tuple[str, int, str]] = []
+        super().__init__(self._price)
+        self.errors: list[AwsError] = []
+
+    @property
+    def calls(self) -> list[dict[str, Any]]:
+        """The InvokeEndpoint requests, in order."""
+        return self.requests
 
     def fail(self, code: str, status: int, message: str, times: int = 1) -> None:
-        self.errors.extend([(code, status, message)] * times)
+        self.errors.extend([AwsError(code, status, message)] * times)
 
-    def invoke_endpoint(self, **kwargs: Any) -> dict[str, Any]:
-        self.calls.append(kwargs)
+    def _price(self, request: dict[str, Any]) -> bytes | AwsError:
         if self.errors:
-            code, status, message = self.errors.pop(0)
-            raise ClientError(
-                {
-                    "Error": {"Code": code, "Message": message},
-                    "ResponseMetadata": {"HTTPStatusCode": status},
-                },
-                "InvokeEndpoint",
-            )
-        rows = kwargs["Body"].decode("utf-8").splitlines()
+            return self.errors.pop(0)
+        rows = request["Body"].decode("utf-8").splitlines()
         scores = [{"score": 100 * float(row.split(",")[1])} for row in rows]
-        body = json.dumps({"predictions": scores}).encode()
-        return {
-            "Body": StreamingBody(io.BytesIO(body), len(body)),
-            "ContentType": "application/json",
-        }
+        return json.dumps({"predictions": scores}).encode()
 
 
 class CountingRegistry(Registry):
@@ -185,7 +178,7 @@ def service(
     clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> api.CityApi:
-    endpoint = EndpointClient(ENDPOINT, client=runtime, sleep=clock.sleep, clock=clock)
+    endpoint = EndpointClient(ENDPOINT, client=runtime.client, sleep=clock.sleep, clock=clock)
     service = api.CityApi(
         lambda: registry,
         lambda: endpoint,

@@ -6,10 +6,12 @@ import re
 from typing import Any
 
 import pytest
+from aws_lambda_powertools.utilities.data_classes.api_gateway_authorizer_event import (
+    parse_api_gateway_arn,
+)
 
 from citymodels.auth import (
     InvalidPattern,
-    api_base_arn,
     authorizer_policy,
     city_allowed,
     deny_policy,
@@ -19,7 +21,9 @@ from citymodels.auth import (
 from citymodels.layout import target_model
 from citymodels.versions import mint_version
 
-METHOD_ARN = "arn:aws:execute-api:us-east-1:123456789012:a1b2c3d4e5/Prod/GET/cities"
+ROUTE_ARN = parse_api_gateway_arn(
+    "arn:aws:execute-api:us-east-1:123456789012:a1b2c3d4e5/Prod/GET/cities"
+)
 BASE = "arn:aws:execute-api:us-east-1:123456789012:a1b2c3d4e5/Prod"
 ENDPOINT_ARN = "arn:aws:sagemaker:us-east-1:123456789012:endpoint/cmtest-endpoint"
 V1 = mint_version("2026-11-25T01:00:00Z", "01")
@@ -74,16 +78,9 @@ def test_city_allowed(patterns: list[str], city: str, allowed: bool) -> None:
 # -- the authorizer's policy ---------------------------------------------------------
 
 
-def test_api_base_arn() -> None:
-    assert api_base_arn(METHOD_ARN) == BASE
-    assert api_base_arn(f"{BASE}/POST/cities/NewYork_NY/predictions") == BASE
-    with pytest.raises(ValueError, match="execute-api"):
-        api_base_arn("arn:aws:lambda:us-east-1:123456789012:function:x")
-
-
 def test_authorizer_policy_lists_every_route_of_the_key() -> None:
     policy = authorizer_policy(
-        METHOD_ARN, principal_id="k1", patterns=["NewYork_NY", "San*"], admin=False
+        ROUTE_ARN, principal_id="k1", patterns=["NewYork_NY", "San*"], admin=False
     )
     [statement] = policy["policyDocument"]["Statement"]
     assert (statement["Effect"], statement["Action"]) == ("Allow", "execute-api:Invoke")
@@ -99,16 +96,16 @@ def test_authorizer_policy_lists_every_route_of_the_key() -> None:
 
 
 def test_admin_policy_adds_rollback_for_every_city() -> None:
-    policy = authorizer_policy(METHOD_ARN, principal_id="k2", patterns=["*"], admin=True)
+    policy = authorizer_policy(ROUTE_ARN, principal_id="k2", patterns=["*"], admin=True)
     resources = policy["policyDocument"]["Statement"][0]["Resource"]
     assert f"{BASE}/POST/cities/*/rollback" in resources
     assert policy["context"]["admin"] == "true"
 
 
 def test_deny_policy_denies_the_whole_stage() -> None:
-    policy = deny_policy(METHOD_ARN)
+    policy = deny_policy(ROUTE_ARN)
     [statement] = policy["policyDocument"]["Statement"]
-    assert (statement["Effect"], statement["Resource"]) == ("Deny", f"{BASE}/*")
+    assert (statement["Effect"], statement["Resource"]) == ("Deny", [f"{BASE}/*/*"])
 
 
 # -- the TargetModel policy (the notebook's section 9) -------------------------------

@@ -1,19 +1,19 @@
 """The event-driven pipeline (docs/application.md, "What happens on each event"), on moto.
 
-SageMaker is moto's (which validates every request against the API model) behind a thin
-fake that adds what moto does not do: ResourceInUse for a duplicate job name,
-ResourceLimitExceeded on demand, and the Describe* answers of failed jobs and finished
-training jobs. The processing job's work is done by the real container code
-(``preprocessing/preprocess.py`` through the devkit); the endpoint is a fake
-``sagemaker-runtime`` that loads ``mme/{TargetModel}`` from moto S3 and answers as the
-inference pipeline does: with the local Linear Learner for real artifacts, or with a
-known error (``{"bias": b}`` artifacts: the true price + b, so the MAE is |b|).
+SageMaker is a real client under botocore's Stubber, answered by moto's SageMaker
+(both check every request against the API model) plus what moto does not do:
+ResourceInUse for a duplicate job name, ResourceLimitExceeded on demand, and the
+Describe* answers of failed jobs and finished training jobs. The processing job's work
+is done by the real container code (``preprocessing/preprocess.py`` through the
+devkit); the endpoint is a real ``sagemaker-runtime`` client under botocore's Stubber
+that loads ``mme/{TargetModel}`` from moto S3 and answers as the inference pipeline
+does: with the local Linear Learner for real artifacts, or with a known error
+(``{"bias": b}`` artifacts: the true price + b, so the MAE is |b|).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -51,7 +51,7 @@ from citymodels.registry import (
 )
 from citymodels_devkit import localrun
 from citymodels_devkit.linear_learner import load_model
-from tests.aws import BUCKET, ENDPOINT, STACK, Aws
+from tests.aws import BUCKET, ENDPOINT, STACK, Aws, AwsError, StubbedClient, StubbedRuntime
 from tests.conftest import raw_rows, upload
 from tests.unit.test_validation import CORPUS
 
@@ -67,67 +67,98 @@ HYPERPARAMETERS = {
 }
 
 
-def client_error(code: str, message: str, operation: str) -> ClientError:
-    """The error botocore raises for an AWS error answer."""
-    return ClientError({"Error": {"Code": code, "Message": message}}, operation)
-
-
 # -- fakes ----------------------------------------------------------------------------
 
 
-class FakeSageMaker:
-    """moto's SageMaker plus ResourceInUse, ResourceLimitExceeded and Describe* answers."""
+class FakeSageMaker(StubbedClient):
+    """A SageMaker client answered by moto's SageMaker, plus what moto does not do.
+
+    A real client under botocore's Stubber (:class:`tests.aws.StubbedClient`): every call
+    goes to moto (``real``), except that a duplicate job name answers ResourceInUse,
+    ResourceLimitExceeded is answered on demand, and a Describe* answer gets the fields
+    a test gives it. Errors arrive as botocore raises them: the modelled exceptions.
+    """
 
     def __init__(self, real: Any) -> None:
+        super().__init__("sagemaker", self._answer)
         self.real = real
-        self.processing_requests: list[dict[str, Any]] = []
-        self.training_requests: list[dict[str, Any]] = []
+        self._accepted: list[tuple[str, dict[str, Any]]] = []
         self.capacity_errors = 0
         """The next N creates answer ResourceLimitExceeded."""
         self.descriptions: dict[str, dict[str, Any]] = {}
         """Job name → fields added to moto's Describe* answer."""
 
-    def _create(self, kind: str, requests: list[dict[str, Any]], request: dict[str, Any]) -> None:
-        name = request[f"{kind}JobName"]
-        if self.capacity_errors:
-            self.capacity_errors -= 1
-            raise client_error(
-                "ResourceLimitExceeded",
-                f"The account-level service limit 'ml.m5.large for {kind.lower()} job usage' "
-                "is 2 Instances, with current utilization of 2 Instances",
-                f"Create{kind}Job",
-            )
-        if any(r[f"{kind}JobName"] == name for r in requests):
-            raise client_error(
-                "ResourceInUse", f"{kind} job {name} already exists", f"Create{kind}Job"
-            )
-        getattr(self.real, f"create_{kind.lower()}_job")(**request)
-        requests.append(request)
+    @property
+    def processing_requests(self) -> list[dict[str, Any]]:
+        """The CreateProcessingJob requests that created a job."""
+        return self._created("create_processing_job")
 
-    def create_processing_job(self, **request: Any) -> dict[str, Any]:
-        self._create("Processing", self.processing_requests, request)
-        return {
-            "ProcessingJobArn": f"arn:aws:sagemaker:::processing-job/{request['ProcessingJobName']}"
-        }
+    @property
+    def training_requests(self) -> list[dict[str, Any]]:
+        """The CreateTrainingJob requests that created a job."""
+        return self._created("create_training_job")
 
-    def create_training_job(self, **request: Any) -> dict[str, Any]:
-        self._create("Training", self.training_requests, request)
-        return {"TrainingJobArn": f"arn:aws:sagemaker:::training-job/{request['TrainingJobName']}"}
+    def _created(self, operation: str) -> list[dict[str, Any]]:
+        return [request for op, request in self._accepted if op == operation]
 
-    def _describe(self, kind: str, name: str) -> dict[str, Any]:
+    def _answer(self, operation: str, request: dict[str, Any]) -> dict[str, Any] | AwsError:
+        kind = "Processing" if "processing" in operation else "Training"
+        name = request.get(f"{kind}JobName")
+        if operation.startswith("create_"):
+            if self.capacity_errors:
+                self.capacity_errors -= 1
+                return AwsError(
+                    "ResourceLimitExceeded",
+                    400,
+                    f"The account-level service limit 'ml.m5.large for {kind.lower()} job usage' "
+                    "is 2 Instances, with current utilization of 2 Instances",
+                )
+            if any(r[f"{kind}JobName"] == name for r in self._created(operation)):
+                return AwsError("ResourceInUse", 400, f"{kind} job {name} already exists")
         try:
-            answer = getattr(self.real, f"describe_{kind.lower()}_job")(**{f"{kind}JobName": name})
-        except ClientError:
-            if name not in self.descriptions:
-                raise
-            answer = {f"{kind}JobName": name}  # a job the test describes itself
-        return {**answer, **self.descriptions.get(name, {})}
+            answer: dict[str, Any] = getattr(self.real, operation)(**request)
+        except ClientError as err:
+            if not (operation.startswith("describe_") and name in self.descriptions):
+                error, metadata = err.response["Error"], err.response["ResponseMetadata"]
+                return AwsError(error["Code"], metadata["HTTPStatusCode"], error["Message"])
+            answer = {}  # a job the test describes itself
+        if operation.startswith("create_"):
+            self._accepted.append((operation, request))
+        elif operation.startswith("describe_"):
+            # moto leaves out members the API model requires (ProcessingResources).
+            required = self._required_members(kind, str(name))
+            answer = {**required, **answer, **self.descriptions.get(str(name), {})}
+        return answer
 
-    def describe_processing_job(self, ProcessingJobName: str) -> dict[str, Any]:  # noqa: N803
-        return self._describe("Processing", ProcessingJobName)
-
-    def describe_training_job(self, TrainingJobName: str) -> dict[str, Any]:  # noqa: N803
-        return self._describe("Training", TrainingJobName)
+    @staticmethod
+    def _required_members(kind: str, name: str) -> dict[str, Any]:
+        """The members the API model requires of a Describe{kind}Job answer."""
+        arn = f"arn:aws:sagemaker:us-east-1:123456789012:{kind.lower()}-job/{name}"
+        now = datetime.now(UTC)
+        if kind == "Processing":
+            return {
+                "ProcessingJobName": name,
+                "ProcessingJobArn": arn,
+                "ProcessingJobStatus": "Failed",
+                "ProcessingResources": {
+                    "ClusterConfig": {
+                        "InstanceCount": 1,
+                        "InstanceType": "ml.m5.large",
+                        "VolumeSizeInGB": 30,
+                    }
+                },
+                "AppSpecification": {"ImageUri": SKLEARN_IMAGE},
+                "CreationTime": now,
+            }
+        return {
+            "TrainingJobName": name,
+            "TrainingJobArn": arn,
+            "TrainingJobStatus": "Failed",
+            "SecondaryStatus": "Failed",
+            "ModelArtifacts": {"S3ModelArtifacts": ""},
+            "StoppingCondition": {},
+            "CreationTime": now,
+        }
 
 
 class RecordingSqs:
@@ -150,48 +181,48 @@ def true_price(row: str) -> float:
     )
 
 
-class FakeRuntime:
-    """A ``sagemaker-runtime`` client serving ``mme/{TargetModel}`` from moto S3."""
+class FakeRuntime(StubbedRuntime):
+    """A ``sagemaker-runtime`` client serving ``mme/{TargetModel}`` from moto S3.
+
+    A real client under botocore's Stubber (:class:`tests.aws.StubbedRuntime`), answering
+    each call from the artifact the request names.
+    """
 
     def __init__(self, s3: Any) -> None:
+        super().__init__(self._predict)
         self.s3 = s3
-        self.calls: list[str] = []
         self._pipelines: dict[bytes, localrun.Pipeline] = {}
 
-    def invoke_endpoint(
-        self,
-        *,
-        EndpointName: str,  # noqa: N803 - boto3's parameter names
-        TargetModel: str,  # noqa: N803
-        ContentType: str,  # noqa: N803
-        Accept: str,  # noqa: N803
-        Body: bytes,  # noqa: N803
-    ) -> dict[str, Any]:
-        assert EndpointName == ENDPOINT and ContentType == "text/csv"
-        self.calls.append(TargetModel)
+    @property
+    def calls(self) -> list[str]:
+        """The TargetModel of each InvokeEndpoint, in order."""
+        return [request["TargetModel"] for request in self.requests]
+
+    def _predict(self, request: dict[str, Any]) -> bytes | AwsError:
+        target_model, body = request["TargetModel"], request["Body"]
+        assert request["EndpointName"] == ENDPOINT and request["ContentType"] == "text/csv"
         try:
-            artifact = self.s3.get_object(Bucket=BUCKET, Key=f"mme/{TargetModel}")["Body"].read()
-        except ClientError as err:
-            raise client_error(
+            artifact = self.s3.get_object(Bucket=BUCKET, Key=f"mme/{target_model}")["Body"].read()
+        except ClientError:
+            return AwsError(
                 "ValidationError",
-                f"Failed to download model data for target model {TargetModel}: not found",
-                "InvokeEndpoint",
-            ) from err
+                400,
+                f"Failed to download model data for target model {target_model}: not found",
+            )
         if artifact[:2] == b"\x1f\x8b":  # a real model.tar.gz: the local inference pipeline
             if artifact not in self._pipelines:
                 self._pipelines[artifact] = localrun.Pipeline(load_model(artifact))
-            prices = self._pipelines[artifact].predict_body(Body, "text/csv")
+            prices = self._pipelines[artifact].predict_body(body, "text/csv")
         else:
             model = json.loads(artifact)
             if model.get("fail"):
-                raise client_error(
+                return AwsError(
                     "ModelError",
+                    424,
                     "Received server error (500) from model with message 'predict failed'",
-                    "InvokeEndpoint",
                 )
-            prices = [true_price(row) + model["bias"] for row in Body.decode().splitlines()]
-        answer = json.dumps({"predictions": [{"score": p} for p in prices]}).encode()
-        return {"Body": io.BytesIO(answer), "ContentType": "application/json"}
+            prices = [true_price(row) + model["bias"] for row in body.decode().splitlines()]
+        return json.dumps({"predictions": [{"score": p} for p in prices]}).encode()
 
 
 # -- the world: a pipeline on moto, and the steps SageMaker would take ----------------
@@ -332,10 +363,10 @@ def world(aws: Aws, tmp_path: Path) -> World:
     pipeline = Pipeline(
         settings(aws),
         s3=aws.s3,
-        sagemaker=sagemaker,
+        sagemaker=sagemaker.client,
         sqs=sqs,
         registry=aws.registry,
-        endpoint=EndpointClient(ENDPOINT, client=runtime, sleep=lambda _: None),
+        endpoint=EndpointClient(ENDPOINT, client=runtime.client, sleep=lambda _: None),
     )
     return World(aws, pipeline, sagemaker, runtime, sqs, tmp_path)
 
@@ -866,7 +897,7 @@ def test_a_candidate_failing_on_the_endpoint_is_not_published(world: World) -> N
     started = world.upload(body_of(1))
     world.finish_processing(CITY, started.run)
     world.write_model(CITY, started.run)
-    uri = world.sagemaker.describe_training_job(TrainingJobName=started.job_name)
+    uri = world.sagemaker.client.describe_training_job(TrainingJobName=started.job_name)
     bucket, key = layout.parse_s3_uri(uri["ModelArtifacts"]["S3ModelArtifacts"])
     world.aws.s3.put_object(Bucket=bucket, Key=key, Body=json.dumps({"fail": True}))
     # WHEN its training job completes THEN it is not published, and the reason says why

@@ -112,10 +112,10 @@ def faked(module: ModuleType, aws: Aws, tmp_path: Path, world: World | None = No
     pipeline = Pipeline(
         module.SETTINGS,
         s3=aws.s3,
-        sagemaker=sagemaker,
+        sagemaker=sagemaker.client,
         sqs=sqs,
         registry=aws.registry,
-        endpoint=EndpointClient(ENDPOINT, client=runtime, sleep=lambda _: None),
+        endpoint=EndpointClient(ENDPOINT, client=runtime.client, sleep=lambda _: None),
     )
     setattr(module, "pipeline", pipeline)  # noqa: B010 - the handler's injection point
     shared = World(aws, pipeline, sagemaker, runtime, sqs, tmp_path)

@@ -2,8 +2,9 @@
 
 ``functions/predict/app.py`` routes each request to one method of :class:`CityApi` and
 turns what it returns (dataclasses, which also give the OpenAPI document its schemas)
-or raises (a :class:`~citymodels.errors.CityModelsError`, mapped by :func:`http_status`)
-into the HTTP answer. ``functions/authorize/app.py`` calls :func:`authorize`.
+or raises (a :class:`~citymodels.errors.CityModelsError`, whose class carries its HTTP
+status, ``status_code``: :func:`http_status`) into the HTTP answer.
+``functions/authorize/app.py`` calls :func:`authorize`.
 
 Who may do what comes from the authorizer's context (``requestContext.authorizer``:
 ``key_id``, ``cities``, ``admin``), read into a :class:`Caller`. API Gateway enforces the
@@ -44,7 +45,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field
 
@@ -52,25 +53,19 @@ from citymodels.auth import authorizer_policy, city_allowed
 from citymodels.cities import CITY_ID_PATTERN, validate_city_id
 from citymodels.endpoint import (
     EndpointClient,
-    EndpointRejected,
     ModelFailed,
-    ModelMissing,
     ModelNotReady,
 )
 from citymodels.errors import (
     CityModelsError,
-    InvalidCityId,
     InvalidRecord,
-    InvalidVersion,
 )
 from citymodels.layout import target_model
 from citymodels.registry import (
     City,
-    NotPublishable,
     Registry,
     Run,
     UnknownCity,
-    UnknownRun,
 )
 from citymodels.schema import (
     FEATURES,
@@ -82,6 +77,11 @@ from citymodels.schema import (
     encode_values,
 )
 from citymodels.versions import VERSION_PATTERN, validate_version
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.data_classes.api_gateway_authorizer_event import (
+        APIGatewayRouteArn,
+    )
 
 MAX_ROWS = 1000
 """Rows per prediction request (one InvokeEndpoint call)."""
@@ -112,30 +112,35 @@ class BadRequest(ApiError, ValueError):
     """A request the API cannot read: malformed JSON or CSV, a wrong shape, a bad row."""
 
     code = "bad_request"
+    status_code = 400
 
 
 class Forbidden(ApiError):
     """The key may not do this (a city outside its patterns; rollback without admin)."""
 
     code = "forbidden"
+    status_code = 403
 
 
 class NoModelServing(ApiError, LookupError):
     """The city is known but no model answers for it (nothing published yet, or removed)."""
 
     code = "no_model"
+    status_code = 404
 
 
 class PayloadTooLarge(ApiError):
     """More rows or bytes than one request may carry."""
 
     code = "payload_too_large"
+    status_code = 413
 
 
 class UnsupportedMediaType(ApiError):
     """A body that is neither ``application/json`` nor ``text/csv``."""
 
     code = "unsupported_media_type"
+    status_code = 415
 
 
 class Unauthorized(ApiError):
@@ -147,38 +152,20 @@ class Unauthorized(ApiError):
     """
 
     code = "unauthorized"
+    status_code = 401
 
     def __init__(self, reason: str) -> None:
         super().__init__("Unauthorized")
         self.reason = reason
 
 
-_STATUS: tuple[tuple[type[Exception], int], ...] = (
-    (BadRequest, 400),
-    (InvalidCityId, 400),
-    (InvalidVersion, 400),
-    (InvalidRecord, 400),
-    (Unauthorized, 401),
-    (Forbidden, 403),
-    (UnknownCity, 404),
-    (NoModelServing, 404),
-    (NotPublishable, 409),
-    (UnknownRun, 409),
-    (PayloadTooLarge, 413),
-    (UnsupportedMediaType, 415),
-    (ModelFailed, 424),
-    (ModelMissing, 502),
-    (EndpointRejected, 502),
-    (ModelNotReady, 503),
-)
-
-
 def http_status(err: Exception) -> int:
-    """Return the HTTP status answering a domain error (500 for anything unexpected)."""
-    for cls, status in _STATUS:
-        if isinstance(err, cls):
-            return status
-    return 500
+    """Return the HTTP status answering an error: the class's ``status_code``.
+
+    Every :class:`~citymodels.errors.CityModelsError` carries its own status (500 unless
+    its class says otherwise); anything else is unexpected: 500.
+    """
+    return err.status_code if isinstance(err, CityModelsError) else 500
 
 
 def error_headers(err: Exception) -> dict[str, str]:
@@ -1122,12 +1109,14 @@ def bearer_secret(header: str | None) -> str:
     return secret
 
 
-def authorize(registry: Registry, header: str | None, method_arn: str) -> dict[str, Any]:
+def authorize(
+    registry: Registry, header: str | None, route_arn: APIGatewayRouteArn
+) -> dict[str, Any]:
     """Return the REQUEST authorizer's answer for an ``Authorization`` header.
 
     The policy covers everything the key may do (:func:`citymodels.auth.authorizer_policy`),
-    not only ``method_arn``: API Gateway caches it by the header and reuses it for every
-    route the key calls within the cache's TTL.
+    not only the route of ``route_arn`` (the event's ``parsed_arn``): API Gateway caches it
+    by the header and reuses it for every route the key calls within the cache's TTL.
 
     Raises
     ------
@@ -1138,5 +1127,5 @@ def authorize(registry: Registry, header: str | None, method_arn: str) -> dict[s
     if key is None:
         raise Unauthorized("unknown or revoked API key")
     return authorizer_policy(
-        method_arn, principal_id=key.key_id, patterns=key.cities, admin=key.admin
+        route_arn, principal_id=key.key_id, patterns=key.cities, admin=key.admin
     )

@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from citymodels.errors import CityModelsError
 
 MAX_ROWS_PER_CALL = 1000
@@ -37,30 +39,32 @@ class ModelNotReady(EndpointError):
     """The model was still loading when the deadline passed (MME 429)."""
 
     code = "model_not_ready"
+    status_code = 503
 
 
 class ModelFailed(EndpointError):
     """The model's container failed on the request (MME 424 ModelError)."""
 
     code = "model_error"
+    status_code = 424
 
 
 class ModelMissing(EndpointError):
     """The endpoint has no such target model (its artifact is missing)."""
 
     code = "model_missing"
+    status_code = 502
 
 
 class EndpointRejected(EndpointError):
     """The endpoint refused the request (400 ValidationError)."""
 
     code = "endpoint_rejected"
+    status_code = 502
 
 
-def _error_code(err: Exception) -> tuple[str, str]:
-    response = getattr(err, "response", None) or {}
-    error = response.get("Error", {})
-    return str(error.get("Code", "")), str(error.get("Message", ""))
+def _message(err: ClientError) -> str:
+    return str(err.response.get("Error", {}).get("Message", ""))
 
 
 class EndpointClient:
@@ -103,6 +107,7 @@ class EndpointClient:
         ModelNotReady, ModelFailed, ModelMissing, EndpointRejected
             As described in the module docstring.
         """
+        errors = self._client.exceptions
         deadline = self._clock() + deadline_seconds
         delay = 0.05
         while True:
@@ -114,30 +119,22 @@ class EndpointClient:
                     Accept="application/json",
                     Body=body.encode("utf-8"),
                 )
-            except Exception as err:
-                code, message = _error_code(err)
-                if code == "ModelNotReadyException":
-                    if self._clock() + delay > deadline:
-                        raise ModelNotReady(
-                            f"model {target_model} is still loading; try again shortly"
-                        ) from err
-                    self._sleep(delay)
-                    delay = min(delay * 2, 1.0)
-                    continue
-                if code == "ModelError":
-                    raise ModelFailed(f"model {target_model} failed: {message}") from err
-                if code == "ValidationError":
-                    lowered = message.lower()
-                    if (
-                        "target model" in lowered
-                        or "targetmodel" in lowered
-                        or "not found" in lowered
-                    ):
-                        raise ModelMissing(
-                            f"model {target_model} is not available: {message}"
-                        ) from err
-                    raise EndpointRejected(message) from err
-                raise
+            except errors.ModelNotReadyException as err:
+                if self._clock() + delay > deadline:
+                    raise ModelNotReady(
+                        f"model {target_model} is still loading; try again shortly"
+                    ) from err
+                self._sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            except errors.ModelError as err:
+                raise ModelFailed(f"model {target_model} failed: {_message(err)}") from err
+            except errors.ValidationError as err:
+                message = _message(err)
+                lowered = message.lower()
+                if "target model" in lowered or "targetmodel" in lowered or "not found" in lowered:
+                    raise ModelMissing(f"model {target_model} is not available: {message}") from err
+                raise EndpointRejected(message) from err
             payload = answer["Body"].read()
             return parse_predictions(payload)
 

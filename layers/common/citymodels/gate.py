@@ -295,14 +295,11 @@ def _lines(s3: Any, bucket: str, key: str) -> Iterator[tuple[int, str]]:
     """Yield ``(line number, text)`` of an S3 object's non-blank lines, streaming."""
     try:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"]
-    except Exception as err:
-        code = (getattr(err, "response", None) or {}).get("Error", {}).get("Code")
-        if code in ("NoSuchKey", "404"):
-            raise GateDataError(
-                f"s3://{bucket}/{key} does not exist (did the processing job write it?)",
-                field="key",
-            ) from err
-        raise
+    except s3.exceptions.NoSuchKey as err:
+        raise GateDataError(
+            f"s3://{bucket}/{key} does not exist (did the processing job write it?)",
+            field="key",
+        ) from err
     try:
         for number, raw in enumerate(body.iter_lines(chunk_size=_READ_CHUNK), start=1):
             text = raw.decode("utf-8").strip()

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from citymodels import layout
 from citymodels.endpoint import EndpointClient
 from citymodels.errors import CityModelsError, InvalidCityId, InvalidKey
@@ -397,14 +399,13 @@ def capacity_delay(retries: int) -> int:
     return min(CAPACITY_FIRST_DELAY << min(retries, 10), CAPACITY_MAX_DELAY)
 
 
-def _error_code(err: Exception) -> str:
-    response = getattr(err, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", ""))
+def _error_code(err: ClientError) -> str:
+    """The code of an AWS error that botocore's model has no exception class for."""
+    return str(err.response.get("Error", {}).get("Code", ""))
 
 
-def _error_message(err: Exception) -> str:
-    response = getattr(err, "response", None) or {}
-    return str(response.get("Error", {}).get("Message", "")) or str(err)
+def _error_message(err: ClientError) -> str:
+    return str(err.response.get("Error", {}).get("Message", "")) or str(err)
 
 
 def _clip(text: str, limit: int = MAX_REASON_CHARS) -> str:
@@ -621,8 +622,11 @@ class Pipeline:
         version = {"VersionId": upload.version_id} if _versioned(upload.version_id) else {}
         try:
             answer = self.s3.get_object(Bucket=upload.bucket, Key=upload.key, **version)
-        except Exception as err:
-            if _error_code(err) not in ("NoSuchKey", "NoSuchVersion", "404"):
+        except ClientError as err:
+            # NoSuchKey is modelled; a version deleted since is NoSuchVersion (not modelled)
+            if not isinstance(err, self.s3.exceptions.NoSuchKey) and (
+                _error_code(err) != "NoSuchVersion"
+            ):
                 raise
             report = ValidationReport(complete=True)
             report.file_problems.append(
@@ -993,7 +997,7 @@ class Pipeline:
                 # S3 refuses the copy if the key appeared since the check above.
                 IfNoneMatch="*",
             )
-        except Exception as err:
+        except ClientError as err:
             if _error_code(err) not in ("PreconditionFailed", "412"):
                 raise
             if not self._holds_copy_of(target, artifact, source_etag):
@@ -1006,7 +1010,8 @@ class Pipeline:
         """Whether ``key`` exists and holds ``artifact``; raise if it holds anything else."""
         try:
             head = self.s3.head_object(Bucket=self.settings.bucket, Key=key)
-        except Exception as err:
+        except ClientError as err:
+            # HeadObject answers without a body: botocore sees only the status, "404".
             if _error_code(err) in ("404", "NoSuchKey", "NotFound"):
                 return False
             raise
@@ -1075,26 +1080,24 @@ class Pipeline:
         retries: int,
     ) -> Outcome:
         metric = "ProcessingJobStarted" if kind == "processing" else "TrainingJobStarted"
+        errors = self.sagemaker.exceptions
         try:
             create()
-        except Exception as err:
-            code = _error_code(err)
-            if code == "ResourceInUse":
-                return Outcome(
-                    Action.ALREADY_STARTED,
-                    f"{kind} job {name} already exists",
-                    city=record.city,
-                    run=record.run,
-                    status=record.status,
-                    job_name=name,
-                )
-            if code == "ResourceLimitExceeded":
-                return self._wait_for_capacity(kind, record, name, expected, retries, err)
-            if not code:
-                raise
+        except errors.ResourceInUse:
+            return Outcome(
+                Action.ALREADY_STARTED,
+                f"{kind} job {name} already exists",
+                city=record.city,
+                run=record.run,
+                status=record.status,
+                job_name=name,
+            )
+        except errors.ResourceLimitExceeded as err:
+            return self._wait_for_capacity(kind, record, name, expected, retries, err)
+        except ClientError as err:
             raise JobStartFailed(
                 f"could not create {kind} job {name} for {record.city} run {record.run}: "
-                f"{code}: {_error_message(err)}"
+                f"{_error_code(err)}: {_error_message(err)}"
             ) from err
         if record.reason:  # e.g. "waiting for SageMaker capacity": no longer true
             self.registry.update_run(record.city, record.run, expected_status=[expected], reason="")
@@ -1108,7 +1111,7 @@ class Pipeline:
         ).count(metric)
 
     def _wait_for_capacity(
-        self, kind: str, record: Run, name: str, expected: str, retries: int, err: Exception
+        self, kind: str, record: Run, name: str, expected: str, retries: int, err: ClientError
     ) -> Outcome:
         if retries >= MAX_CAPACITY_RETRIES:
             reason = (

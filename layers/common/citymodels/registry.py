@@ -66,12 +66,14 @@ class UnknownCity(RegistryError, LookupError):
     """Nothing was ever uploaded for this city."""
 
     code = "unknown_city"
+    status_code = 404
 
 
 class UnknownRun(RegistryError, LookupError):
     """No run with this id for the city."""
 
     code = "unknown_run"
+    status_code = 409
 
 
 class UnknownKey(RegistryError, LookupError):
@@ -84,6 +86,7 @@ class NotPublishable(RegistryError):
     """The alias cannot move to this version (never published, or not newer)."""
 
     code = "not_publishable"
+    status_code = 409
 
 
 def now_iso() -> str:
@@ -288,12 +291,11 @@ class Registry:
         answer = self._client.update_item(**kwargs)
         return self._plain(answer.get("Attributes", {}))
 
-    def _is_conditional_failure(self, err: Exception) -> bool:
-        response = getattr(err, "response", {}) or {}
-        return response.get("Error", {}).get("Code") in (
-            "ConditionalCheckFailedException",
-            "TransactionCanceledException",
-        )
+    @property
+    def _condition_failed(self) -> tuple[type[Exception], ...]:
+        """botocore's exceptions for a write whose condition did not hold."""
+        errors = self._client.exceptions
+        return (errors.ConditionalCheckFailedException, errors.TransactionCanceledException)
 
     # -- cities ----------------------------------------------------------------------
 
@@ -363,10 +365,8 @@ class Registry:
                 {"city": run.city, "run": run.run, **values},
                 condition="attribute_not_exists(pk)",
             )
-        except Exception as err:
-            if self._is_conditional_failure(err):
-                return False
-            raise
+        except self._condition_failed:
+            return False
         self._touch_city(run.city)
         return True
 
@@ -407,12 +407,10 @@ class Registry:
                 condition_values=condition_values,
                 condition_names={"#st": "status"} if expected_status else None,
             )
-        except Exception as err:
-            if self._is_conditional_failure(err):
-                if expected_status:
-                    return None
-                raise UnknownRun(f"city {city!r} has no run {run!r}", field="version") from err
-            raise
+        except self._condition_failed as err:
+            if expected_status:
+                return None
+            raise UnknownRun(f"city {city!r} has no run {run!r}", field="version") from err
         return _run(item)
 
     # -- content (duplicate detection) -----------------------------------------------
@@ -492,10 +490,8 @@ class Registry:
                 condition="attribute_not_exists(newest_published) OR newest_published < :v",
                 condition_values={":v": version},
             )
-        except Exception as err:
-            if self._is_conditional_failure(err):
-                return False
-            raise
+        except self._condition_failed:
+            return False
         run = self.get_run(city, version)
         self.update_run(city, version, published_at=now, model_key=model_key)
         self._mark_content_published(city, run.sha256, version)
