@@ -8,30 +8,26 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import pytest
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
-from moto import mock_aws
 
 from citymodels import layout
 from citymodels.endpoint import EndpointClient
 from citymodels.gate import GateDataError, run_gate
+from tests.aws import BUCKET, Aws
 
-BUCKET = "cmtest-gate"
 CITY, VERSION = "Austin_TX", "20261204T000000000Z-00000000000000000000000000000001"
 ROW = "1995,2500,3,2.5,1.0,2,y,n"
 
 
 @pytest.fixture
-def s3(aws_credentials: None) -> Iterator[Any]:
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
+def s3(aws: Aws) -> Any:
+    """S3 of the shared moto account (tests/aws.py), with its DataBucket."""
+    return aws.s3
 
 
 def put(s3: Any, split: str, text: str) -> None:

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from citymodels_devkit.local.jobs import ObjectCache, _download_prefix
-
-BUCKET = "citymodels-test-inputs"
+from tests.aws import BUCKET, Aws
 
 
 @pytest.fixture
-def s3(aws_credentials: None) -> Iterator[Any]:
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
+def s3(aws: Aws) -> Any:
+    """S3 of the shared moto account (tests/aws.py), with its DataBucket."""
+    return aws.s3
 
 
 def reads(s3: Any) -> list[str]:
