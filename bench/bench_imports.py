@@ -44,9 +44,9 @@ MEASURE = (
 def function_environments() -> dict[str, dict[str, str]]:
     """Each function's directory name → its environment, resolved as the local stack does."""
     from citymodels_devkit.local.stack import LOCAL_IMAGES
-    from citymodels_devkit.local.template import load_stack
+    from citymodels_devkit.local.template import resolve_template
 
-    stack = load_stack(
+    stack = resolve_template(
         ROOT / "template.yaml", stack_name="cm-bench", parameter_overrides=LOCAL_IMAGES
     )
     return {f.code_dir.name: dict(f.environment) for f in stack.functions.values()}

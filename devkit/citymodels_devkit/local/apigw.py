@@ -36,7 +36,13 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 from citymodels_devkit.local.lambdas import FunctionHost
-from citymodels_devkit.local.template import ACCOUNT_ID, REGION, GatewayResponse, Route, Stack
+from citymodels_devkit.local.template import (
+    ACCOUNT_ID,
+    REGION,
+    GatewayResponse,
+    ResolvedTemplate,
+    Route,
+)
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -157,7 +163,11 @@ class ApiGateway:
     """
 
     def __init__(
-        self, stack: Stack, host: FunctionHost, *, clock: Callable[[], float] = time.monotonic
+        self,
+        stack: ResolvedTemplate,
+        host: FunctionHost,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stack = stack
         self.host = host

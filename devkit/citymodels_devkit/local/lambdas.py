@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from citymodels_devkit.local.template import ACCOUNT_ID, REGION, Function, Stack
+from citymodels_devkit.local.template import ACCOUNT_ID, REGION, Function, ResolvedTemplate
 
 log = logging.getLogger("citymodels.local")
 
@@ -86,7 +86,7 @@ class FunctionHost:
         Execution environments per function.
     """
 
-    def __init__(self, stack: Stack, *, max_concurrency: int = 4) -> None:
+    def __init__(self, stack: ResolvedTemplate, *, max_concurrency: int = 4) -> None:
         self.stack = stack
         self.max_concurrency = max_concurrency
         self._idle: dict[str, list[Callable[[Any, Any], Any]]] = {}
@@ -95,7 +95,7 @@ class FunctionHost:
         self.cold_starts = 0
 
     @staticmethod
-    def environment(stack: Stack) -> dict[str, str]:
+    def environment(stack: ResolvedTemplate) -> dict[str, str]:
         """Return the union of the functions' environments (one process hosts them all).
 
         Raises
@@ -197,7 +197,7 @@ class EventRouter:
 
     def __init__(
         self,
-        stack: Stack,
+        stack: ResolvedTemplate,
         host: FunctionHost,
         events: Any,
         sqs: Any,

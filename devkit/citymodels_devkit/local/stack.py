@@ -41,7 +41,7 @@ from citymodels_devkit.local.apigw import ApiGateway
 from citymodels_devkit.local.aws import LocalAwsServer, build_aws_app
 from citymodels_devkit.local.lambdas import EventRouter, FunctionHost
 from citymodels_devkit.local.mme import ModelArtifactMissing, MultiModelEndpoint
-from citymodels_devkit.local.template import ACCOUNT_ID, REGION, Stack, load_stack
+from citymodels_devkit.local.template import ACCOUNT_ID, REGION, ResolvedTemplate, resolve_template
 from citymodels_devkit.paths import REPO_ROOT
 
 log = logging.getLogger("citymodels.local")
@@ -145,7 +145,7 @@ class LocalStack:
         self.template = (template or REPO_ROOT / "template.yaml").resolve()
         self.options = options or LocalOptions()
         self.outputs: dict[str, str] = {}
-        self.stack: Stack | None = None
+        self.stack: ResolvedTemplate | None = None
         self.endpoint: MultiModelEndpoint | None = None
         self.router: EventRouter | None = None
         self.host: FunctionHost | None = None
@@ -168,7 +168,7 @@ class LocalStack:
             )
             overrides = {**LOCAL_IMAGES, **opts.parameter_overrides}
             # A first reading names the resources the AWS endpoint must know about.
-            probe = load_stack(
+            probe = resolve_template(
                 self.template, stack_name=opts.stack_name, parameter_overrides=overrides
             )
             event_buckets = [
@@ -194,7 +194,7 @@ class LocalStack:
             clients = _Clients(aws_url)
             self._create_resources(probe, clients)
             published = self._bootstrap(probe, clients)
-            stack = load_stack(
+            stack = resolve_template(
                 self.template,
                 stack_name=opts.stack_name,
                 parameter_overrides=overrides,
@@ -271,7 +271,7 @@ class LocalStack:
             self._saved_env.setdefault(name, os.environ.get(name))
             os.environ[name] = value
 
-    def _create_resources(self, stack: Stack, clients: _Clients) -> None:
+    def _create_resources(self, stack: ResolvedTemplate, clients: _Clients) -> None:
         for spec in stack.buckets.values():
             clients.s3.create_bucket(Bucket=spec["name"])
             if (spec.get("VersioningConfiguration") or {}).get("Status") == "Enabled":
@@ -296,7 +296,7 @@ class LocalStack:
             ]
             clients.queue_urls[logical_id] = url
 
-    def _bootstrap(self, stack: Stack, clients: _Clients) -> dict[str, str]:
+    def _bootstrap(self, stack: ResolvedTemplate, clients: _Clients) -> dict[str, str]:
         bootstrap = stack.functions.get("BootstrapFunction")
         if bootstrap is None:
             raise RuntimeError(
@@ -307,7 +307,7 @@ class LocalStack:
         published = module.publish(clients.s3, bucket)
         return dict(published.to_data())
 
-    def _make_endpoint(self, stack: Stack, clients: _Clients) -> MultiModelEndpoint:
+    def _make_endpoint(self, stack: ResolvedTemplate, clients: _Clients) -> MultiModelEndpoint:
         opts = self.options
         containers = stack.model_containers
         mme = next((c for c in containers if c.get("Mode") == "MultiModel"), None)
@@ -359,7 +359,7 @@ class LocalStack:
             except Exception as err:
                 log.debug("metrics not published: %s", err)
 
-    def _outputs(self, stack: Stack, clients: _Clients) -> dict[str, str]:
+    def _outputs(self, stack: ResolvedTemplate, clients: _Clients) -> dict[str, str]:
         registry_table = stack.outputs.get("RegistryTable", "")
         from citymodels.registry import Registry
 

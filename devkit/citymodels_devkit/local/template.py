@@ -164,7 +164,7 @@ class Function:
 
 
 @dataclass
-class Stack:
+class ResolvedTemplate:
     """The template resolved for a local run."""
 
     name: str
@@ -344,7 +344,7 @@ def _resource_attributes(
     return name, {"Arn": arn.format(service="local", kind=kind), "Name": name}
 
 
-def load_stack(
+def resolve_template(
     template_path: Path,
     *,
     stack_name: str,
@@ -352,7 +352,7 @@ def load_stack(
     aws_url: str = "http://127.0.0.1:4566",
     api_url: str = "http://127.0.0.1:3000",
     extra_attributes: Mapping[str, Mapping[str, str]] | None = None,
-) -> Stack:
+) -> ResolvedTemplate:
     """Read and resolve the template for a local run.
 
     Parameters
@@ -401,7 +401,7 @@ def load_stack(
             attributes.setdefault(f"{logical_id}.Stage", {})
     resolver = Resolver(template, stack_name, parameters, attributes, refs)
 
-    stack = Stack(name=stack_name, root=root, parameters=parameters)
+    stack = ResolvedTemplate(name=stack_name, root=root, parameters=parameters)
     globals_fn = copy.deepcopy((template.get("Globals") or {}).get("Function") or {})
     global_env = (globals_fn.get("Environment") or {}).get("Variables") or {}
 
@@ -472,7 +472,7 @@ def load_stack(
 
 
 def _add_function(
-    stack: Stack,
+    stack: ResolvedTemplate,
     resolver: Resolver,
     logical_id: str,
     props: Mapping[str, Any],
