@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from citymodels_devkit.localrun import accuracy_study
+from citymodels_devkit.inprocess import accuracy_study
 
 
 def main() -> None:

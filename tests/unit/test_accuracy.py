@@ -3,7 +3,7 @@
 The path is exactly what the jobs run: generated raw CSVs → the processing job's code
 (validation, the seeded split, the one-hot transform) → the local Linear Learner with
 the notebook's hyperparameters → predictions on the held-out test rows
-(:func:`citymodels_devkit.localrun.accuracy_study`; ``bench/bench_accuracy.py`` prints
+(:func:`citymodels_devkit.inprocess.accuracy_study`; ``bench/bench_accuracy.py`` prints
 the same figures as JSON).
 
 Targets, with Gaussian noise σ = 5,000 and over 20 cities:
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from citymodels_devkit.localrun import accuracy_study
+from citymodels_devkit.inprocess import accuracy_study
 
 
 @pytest.mark.slow

@@ -49,7 +49,7 @@ from citymodels.registry import (
     TRAINING,
     Run,
 )
-from citymodels_devkit import localrun
+from citymodels_devkit import inprocess
 from citymodels_devkit.linear_learner import load_model
 from tests.aws import BUCKET, ENDPOINT, STACK, Aws, AwsError, StubbedClient, StubbedRuntime
 from tests.conftest import raw_rows, upload
@@ -61,7 +61,7 @@ SKLEARN_IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-scikit-l
 LL_IMAGE = "382416733822.dkr.ecr.us-east-1.amazonaws.com/linear-learner:1"
 CODE_URI = f"s3://{BUCKET}/artifacts/processing/"
 HYPERPARAMETERS = {
-    **localrun.NOTEBOOK_HYPERPARAMETERS,
+    **inprocess.NOTEBOOK_HYPERPARAMETERS,
     "epochs": "5",  # small and quick: these tests check the flow, not the accuracy
     "num_models": "4",
 }
@@ -191,7 +191,7 @@ class FakeRuntime(StubbedRuntime):
     def __init__(self, s3: Any) -> None:
         super().__init__(self._predict)
         self.s3 = s3
-        self._pipelines: dict[bytes, localrun.Pipeline] = {}
+        self._pipelines: dict[bytes, inprocess.InferencePipeline] = {}
 
     @property
     def calls(self) -> list[str]:
@@ -211,7 +211,7 @@ class FakeRuntime(StubbedRuntime):
             )
         if artifact[:2] == b"\x1f\x8b":  # a real model.tar.gz: the local inference pipeline
             if artifact not in self._pipelines:
-                self._pipelines[artifact] = localrun.Pipeline(load_model(artifact))
+                self._pipelines[artifact] = inprocess.InferencePipeline(load_model(artifact))
             prices = self._pipelines[artifact].predict_body(body, "text/csv")
         else:
             model = json.loads(artifact)
@@ -288,7 +288,7 @@ class World:
         work = self.tmp / city / run
         work.mkdir(parents=True)
         (work / "upload.csv").write_bytes(self.bodies[run])
-        localrun.process_upload(work / "upload.csv", work / "processed", run)
+        inprocess.process_upload(work / "upload.csv", work / "processed", run)
         for split in layout.SPLITS:
             self.aws.s3.upload_file(
                 str(work / "processed" / split / f"{split}.csv"),
@@ -311,7 +311,7 @@ class World:
         name = self.registry.get_run(city, run).training_job
         if bias is None:
             work = self.tmp / city / run
-            path, metrics = localrun.train_processed(
+            path, metrics = inprocess.train_processed(
                 work / "processed", work / "model", HYPERPARAMETERS
             )
             artifact = path.read_bytes()

@@ -3,8 +3,8 @@
 This is the same code the SageMaker jobs run — ``preprocessing/preprocess.py`` for the
 processing job, the local Linear Learner for the training job, and the inference
 pipeline (``preprocessing/inference.py`` then the model) for predictions — called
-directly, without S3 or the job APIs. The demo uses it, and so do the accuracy tests
-and benchmarks, so they measure exactly what the jobs produce.
+directly, without S3 or the job APIs. The accuracy tests and benchmarks use it, so
+they measure exactly what the jobs produce.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def run_city(
     )
 
 
-class Pipeline:
+class InferencePipeline:
     """The inference pipeline of one city: the preprocessor container, then the model.
 
     ``predict`` takes raw rows (CSV text without PRICE, or JSON ``{"instances": ...}``)
