@@ -1586,11 +1586,12 @@ def _explain(err: BaseException) -> tuple[int, str] | None:
     if local_run is not None and isinstance(err, local_run.LocalStackError):
         return 1, str(err)
     if isinstance(err, CityModelsError):
-        from citymodels_devkit.operations import ApiError, OperationFailed
+        from citymodels_devkit.api_client import ApiCallFailed
+        from citymodels_devkit.operations import OperationFailed
 
         if isinstance(err, OperationFailed):
             return 1, err.message
-        if isinstance(err, ApiError):
+        if isinstance(err, ApiCallFailed):
             return (1 if err.status >= 500 else 2), err.message
         return 2, err.message
     if "botocore" in sys.modules:  # only then can it be an AWS error

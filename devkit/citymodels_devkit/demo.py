@@ -59,12 +59,11 @@ from rich.text import Text
 
 from citymodels.registry import FINAL, PROCESSING, PUBLISHED, TRAINING
 from citymodels.schema import FEATURES
+from citymodels_devkit.api_client import Answer, ApiClient
 from citymodels_devkit.datagen import CityTruth, generate_city, true_price, write_dataset
 from citymodels_devkit.operations import OperationFailed, UsageError
 
 if TYPE_CHECKING:
-    import httpx
-
     from citymodels_devkit.local.stack import LocalStack
     from citymodels_devkit.stack import Stack
 
@@ -272,33 +271,6 @@ def _functions_log(path: Path) -> Iterator[None]:
         sink.close()
 
 
-class _Api:
-    """The HTTP API, called as a client would (keep-alive, Bearer keys)."""
-
-    def __init__(self, api_url: str, admin_key: str) -> None:
-        import httpx
-
-        self.admin_key = admin_key
-        self._client = httpx.Client(base_url=api_url, timeout=30.0)
-
-    def call(
-        self, method: str, path: str, body: Any = None, *, key: str | None = None
-    ) -> tuple[int, Any, float]:
-        """Return (status, parsed JSON body, round-trip milliseconds)."""
-        headers = {"Authorization": f"Bearer {key if key is not None else self.admin_key}"}
-        started = time.perf_counter()
-        response: httpx.Response = self._client.request(method, path, json=body, headers=headers)
-        elapsed = (time.perf_counter() - started) * 1000
-        try:
-            data = response.json()
-        except ValueError:
-            data = response.text
-        return response.status_code, data, elapsed
-
-    def close(self) -> None:
-        self._client.close()
-
-
 def _instance(columns: Mapping[str, Any], i: int = 0) -> dict[str, Any]:
     """Row ``i`` of raw columns as an API instance (plain Python values)."""
     instance: dict[str, Any] = {}
@@ -360,7 +332,7 @@ class Demo:
         self.csv_paths: dict[str, Path] = {}
         self.local: LocalStack | None = None
         self.stack: Stack | None = None
-        self.api: _Api | None = None
+        self.api: ApiClient | None = None
         self._step = 0
 
     # -- helpers -----------------------------------------------------------------------
@@ -373,7 +345,7 @@ class Demo:
         assert self.stack is not None
         return self.stack.client(service)
 
-    def _api(self) -> _Api:
+    def _api(self) -> ApiClient:
         assert self.api is not None
         return self.api
 
@@ -423,7 +395,7 @@ class Demo:
         return key
 
     def _predict(self, city: str, instances: list[dict[str, Any]], *, key: str | None = None
-                 ) -> tuple[int, Any, float]:  # fmt: skip
+                 ) -> Answer:  # fmt: skip
         return self._api().call(
             "POST", f"cities/{city}/predictions", {"instances": instances}, key=key
         )
@@ -540,7 +512,7 @@ class Demo:
         self.result.outputs = dict(outputs)
         write_outputs(outputs, self.outputs_path)
         self.stack = Stack(outputs_file=self.outputs_path)
-        self.api = _Api(outputs["ApiUrl"], outputs["AdminApiKey"])
+        self.api = ApiClient(outputs["ApiUrl"], outputs["AdminApiKey"])
         # one line per output, never folded mid-word: URLs and names are copied from here
         self.console.print("stack outputs")
         width = max(map(len, outputs), default=0)

@@ -18,8 +18,6 @@ import json
 import re
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ from citymodels.layout import RAW_PREFIX, raw_key
 from citymodels.registry import DUPLICATE, FINAL, PUBLISHED, ApiKey, Registry, Run
 from citymodels.schema import COLUMNS, FEATURES, FLAG_FEATURES, LABEL, parse_flag, parse_number
 from citymodels.validation import ValidationReport, validate_upload
+from citymodels_devkit.api_client import ApiCallFailed, ApiClient
 
 S3_DELETE_BATCH = 1000
 """DeleteObjects takes at most 1,000 keys per call."""
@@ -51,22 +50,6 @@ class OperationFailed(CityModelsError):
     """The operation ran but did not succeed (not the caller's mistake)."""
 
     code = "failed"
-
-
-class ApiError(CityModelsError):
-    """The HTTP API answered with an error.
-
-    Attributes
-    ----------
-    status
-        The HTTP status (0 when the API could not be reached).
-    """
-
-    code = "api_error"
-
-    def __init__(self, message: str, *, status: int, field: str | None = None) -> None:
-        super().__init__(message, field=field)
-        self.status = status
 
 
 # -- onboard ---------------------------------------------------------------------------
@@ -646,7 +629,6 @@ def predict(
     rows: Rows,
     *,
     timeout: float = 30.0,
-    opener: Callable[..., Any] = urllib.request.urlopen,
 ) -> Priced:
     """Price houses through the HTTP API (``POST /cities/{city}/predictions``).
 
@@ -654,85 +636,37 @@ def predict(
 
     Raises
     ------
-    ApiError
+    ApiCallFailed
         The API answered with an error (its message is kept) or could not be reached.
     """
     validate_city_id(city)
     if not api_key:
         raise UsageError("no API key: pass --api-key or set CITYMODELS_API_KEY", field="api_key")
-    url = f"{api_url.rstrip('/')}/cities/{city}/predictions"
+    path = f"cities/{city}/predictions"
     versions: list[str] = []
     prices: list[float] = []
     latencies: list[float] = []
-    for start in range(0, len(rows.instances), API_MAX_ROWS):
-        batch = rows.instances[start : start + API_MAX_ROWS]
-        request = urllib.request.Request(
-            url,
-            data=json.dumps({"instances": batch}).encode("utf-8"),
-            method="POST",
-            headers={
-                "Authorization": f"Bearer {api_key}",
-                "Content-Type": "application/json",
-                "Accept": "application/json",
-                "User-Agent": "citymodels-cli",
-            },
-        )
-        began = time.perf_counter()
-        answer = _call(opener, request, timeout, url)
-        latencies.append(round((time.perf_counter() - began) * 1000, 1))
-        try:
-            versions.append(str(answer["model_version"]))
-            got = [float(p["price"]) for p in answer["predictions"]]
-        except (KeyError, TypeError, ValueError) as err:
-            raise ApiError(
-                f"unexpected answer from {url}: {_clip(str(answer))}", status=200
-            ) from err
-        if len(got) != len(batch):
-            raise ApiError(
-                f"the API priced {len(got)} of {len(batch)} rows", status=200, field="predictions"
-            )
-        prices.extend(got)
+    with ApiClient(api_url, api_key, timeout=timeout, user_agent="citymodels-cli") as api:
+        url = api.url(path)
+        for start in range(0, len(rows.instances), API_MAX_ROWS):
+            batch = rows.instances[start : start + API_MAX_ROWS]
+            answer, milliseconds = api.json("POST", path, {"instances": batch})
+            latencies.append(round(milliseconds, 1))
+            try:
+                versions.append(str(answer["model_version"]))
+                got = [float(p["price"]) for p in answer["predictions"]]
+            except (KeyError, TypeError, ValueError) as err:
+                raise ApiCallFailed(
+                    f"unexpected answer from {url}: {_clip(str(answer))}", status=200
+                ) from err
+            if len(got) != len(batch):
+                raise ApiCallFailed(
+                    f"the API priced {len(got)} of {len(batch)} rows",
+                    status=200,
+                    field="predictions",
+                )
+            prices.extend(got)
     return Priced(city, versions, prices, list(rows.actual), latencies)
-
-
-def _call(
-    opener: Callable[..., Any], request: urllib.request.Request, timeout: float, url: str
-) -> Any:
-    try:
-        with opener(request, timeout=timeout) as response:
-            return json.loads(response.read().decode("utf-8"))
-    except urllib.error.HTTPError as err:
-        raise _api_error(err) from err
-    except urllib.error.URLError as err:
-        reason = getattr(err.reason, "strerror", None) or err.reason
-        raise ApiError(f"cannot reach the API at {url}: {reason}", status=0) from err
-    except TimeoutError as err:
-        raise ApiError(f"the API did not answer within {timeout:g} s ({url})", status=0) from err
-    except json.JSONDecodeError as err:
-        raise ApiError(f"the API's answer is not JSON ({url})", status=200) from err
-
-
-def _api_error(err: urllib.error.HTTPError) -> ApiError:
-    raw = err.read()
-    try:
-        body = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        body = None
-    message, field_name = "", None
-    if isinstance(body, dict):
-        # citymodels' own errors are {"code","message","field"}; API Gateway's {"message"}
-        # or {"Message"}.
-        message = str(body.get("message") or body.get("Message") or "")
-        field_name = body.get("field")
-    message = message or _clip(raw.decode("utf-8", "replace")) or str(err.reason)
-    hint = ""
-    if err.code == 401:
-        hint = " (check --api-key or CITYMODELS_API_KEY)"
-    elif err.code == 403:
-        hint = " (the key has no access to this city)"
-    return ApiError(
-        f"the API answered {err.code}: {message}{hint}", status=err.code, field=field_name
-    )
 
 
 # -- clean up (notebook section 10) ----------------------------------------------------

@@ -7,12 +7,10 @@ repository's ``template.yaml``; a test that needs another template starts its ow
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import boto3
 import pytest
 
 from citymodels.registry import FINAL
+from citymodels_devkit.api_client import ApiClient
 from citymodels_devkit.local.stack import LocalOptions, LocalStack
 
 MME_MAX_MODELS = 8
@@ -56,25 +55,13 @@ class Running:
         content_type: str = "application/json",
     ) -> tuple[int, Any]:
         """Call the HTTP API; return (status, parsed JSON body)."""
-        data = None
-        if body is not None:
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        headers = {"Content-Type": content_type}
-        secret = self.outputs["AdminApiKey"] if key is None else key
-        if secret:
-            headers["Authorization"] = f"Bearer {secret}"
-        request = urllib.request.Request(
-            self.outputs["ApiUrl"] + path.lstrip("/"), data=data, headers=headers, method=method
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as err:
-            raw = err.read()
-            try:
-                return err.code, json.loads(raw or b"null")
-            except json.JSONDecodeError:
-                return err.code, raw.decode(errors="replace")
+        answer = self.api_client.call(method, path, body, key=key, content_type=content_type)
+        return answer.status, answer.body
+
+    @cached_property
+    def api_client(self) -> ApiClient:
+        """One client (one keep-alive connection) for every call, with the admin key."""
+        return ApiClient(self.outputs["ApiUrl"], self.outputs["AdminApiKey"])
 
     def city(self, city: str) -> dict[str, Any]:
         status, body = self.api("GET", f"cities/{city}")
