@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from citymodels_devkit.local.jobs import ObjectCache, _download_prefix
+from citymodels_devkit.local.sagemaker_jobs import ObjectCache, _download_prefix
 from tests.aws import BUCKET, Aws
 
 

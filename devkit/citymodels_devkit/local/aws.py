@@ -8,8 +8,8 @@
   model already in memory) is called on the event loop; anything else runs in a
   thread pool. An unknown endpoint gets SageMaker's ``ValidationError``.
 - The SageMaker job operations (``X-Amz-Target: SageMaker.CreateProcessingJob``...,
-  :data:`~.jobs.OPERATIONS`) go to the :class:`~.jobs.JobService`, which runs the jobs
-  and emits their state-change events; ``ListTags`` of its jobs too.
+  :data:`~.sagemaker_jobs.OPERATIONS`) go to the :class:`~.sagemaker_jobs.JobService`,
+  which runs the jobs and emits their state-change events; ``ListTags`` of its jobs too.
 - Everything else goes to moto, in-process: ``DomainDispatcherApplication(
   create_backend_app)`` under a2wsgi's ``WSGIMiddleware`` (a thread pool), with the
   request as it arrived (headers, raw path, query, body).
@@ -45,7 +45,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final, Protocol, cast
 
-from citymodels_devkit.local.jobs import OPERATIONS, JobService, SageMakerError
 from citymodels_devkit.local.s3events import (
     DEFAULT_ACCOUNT_ID,
     DEFAULT_REGION,
@@ -55,6 +54,7 @@ from citymodels_devkit.local.s3events import (
     S3EventEmitter,
     classify_s3_write,
 )
+from citymodels_devkit.local.sagemaker_jobs import OPERATIONS, JobService, SageMakerError
 
 __all__ = [
     "AwsApp",
