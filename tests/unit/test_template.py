@@ -554,8 +554,8 @@ def test_image_uris_fit_their_parameters_and_scope_the_ecr_statement() -> None:
 
 
 def test_jobs_read_each_runs_copy_of_its_upload_and_never_the_raw_prefix() -> None:
-    # raw/ is what users write: the jobs (and the endpoint, which shares their role) read
-    # only the copy onboard made of the validated version, under inputs/
+    # raw/ is what users write: the jobs read only the copy onboard made of the validated
+    # version, under inputs/
     (policy,) = properties("SageMakerExecutionRole")["Policies"]
     statements = {s["Sid"]: s for s in policy["PolicyDocument"]["Statement"]}
     reads = [r["Fn::Sub"] for r in statements["ReadInputs"]["Resource"]]
@@ -572,3 +572,46 @@ def test_jobs_read_each_runs_copy_of_its_upload_and_never_the_raw_prefix() -> No
     }
     assert "s3:GetObjectVersion" in onboard["ReadUploads"]["Action"]
     assert onboard["CopyRunInputs"]["Resource"] == {"Fn::Sub": "${DataBucket.Arn}/inputs/*"}
+
+
+def s3_grants(logical_id: str) -> dict[str, set[str]]:
+    """A role's S3 grants: action → the bucket prefixes (``mme/``...) it applies to."""
+    (policy,) = properties(logical_id)["Policies"]
+    grants: dict[str, set[str]] = {}
+    for statement in policy["PolicyDocument"]["Statement"]:
+        actions = (
+            statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        )
+        for action in (a for a in actions if a.startswith("s3:")):
+            if action == "s3:ListBucket":
+                prefixes = set(statement["Condition"]["StringLike"]["s3:prefix"])
+            else:
+                prefixes = {
+                    r["Fn::Sub"].removeprefix("${DataBucket.Arn}/").removesuffix("*")
+                    for r in statement["Resource"]
+                }
+            grants.setdefault(action, set()).update(p.removesuffix("*") for p in prefixes)
+    return grants
+
+
+def test_the_jobs_and_the_endpoint_have_roles_of_their_own() -> None:
+    # The endpoint (which serves the internet-facing API) reads the models it serves and
+    # the preprocessor, nothing else: not the uploads, the runs' inputs or training data.
+    assert properties("Model")["ExecutionRoleArn"] == {"Fn::GetAtt": ["EndpointModelRole", "Arn"]}
+    assert s3_grants("EndpointModelRole") == {
+        "s3:GetObject": {"mme/", "artifacts/"},
+        "s3:ListBucket": {"mme/", "artifacts/"},
+    }
+    # The jobs read their inputs, code and splits, and write splits and models.
+    jobs = s3_grants("SageMakerExecutionRole")
+    assert jobs["s3:GetObject"] == {"inputs/", "artifacts/", "processed/"}
+    assert jobs["s3:PutObject"] == {"processed/", "training/"}
+    assert not any("mme/" in prefixes for prefixes in jobs.values())
+    # The functions start jobs with the jobs' role, the only one they may pass.
+    for logical_id in ("OnboardFunction", "TrainFunction", "RetryFunction"):
+        assert variables(logical_id)["SAGEMAKER_ROLE_ARN"] == {
+            "Fn::GetAtt": ["SageMakerExecutionRole", "Arn"]
+        }
+    assert "EndpointModelRole" not in json.dumps(
+        {name: properties(name) for name in FUNCTIONS}, default=str
+    )
