@@ -56,6 +56,7 @@ CONTAINER_PY := 3.9
 
 .PHONY: demo test lint typecheck unit container-check bench clean help venv sam-venv pythons \
 	layer-requirements template-check cfn-lint sam-validate sam-build-check build deploy \
+	checkov checkov-venv \
 	unit-other-pythons unit-on
 
 help:
@@ -88,6 +89,24 @@ $(SAM_STAMP):
 	@touch $@
 
 sam-venv: $(SAM_STAMP)
+
+# checkov pins many packages of its own (boto3, networkx, pydantic...), so it too lives in
+# a virtualenv of its own, at the version pinned in pyproject.toml ([tool.citymodels.tools]).
+CHECKOV_VENV := .venv-checkov
+CHECKOV_BIN := $(CHECKOV_VENV)/bin
+CHECKOV_VERSION := $(shell sed -n 's/^checkov *= *"\([^"]*\)".*/\1/p' pyproject.toml)
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-checkov-$(CHECKOV_VERSION)
+
+$(CHECKOV_STAMP):
+	@test -n "$(CHECKOV_VERSION)" || { echo "pyproject.toml has no [tool.citymodels.tools] checkov pin"; exit 1; }
+	@test -n "$(PYTHON_EXE)" || exit 1
+	@rm -rf $(CHECKOV_VENV)
+	$(PYTHON_EXE) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_BIN)/python -m pip install --quiet --upgrade pip
+	$(CHECKOV_BIN)/python -m pip install --quiet 'checkov==$(CHECKOV_VERSION)'
+	@touch $@
+
+checkov-venv: $(CHECKOV_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/citymodels demo
@@ -176,7 +195,13 @@ sam-build-check: $(SAM_STAMP) $(STAMP)
 		else cat "$$out/build.log"; exit 1; fi && \
 		$(BIN)/python tools/check_build.py "$$out/build"
 
-template-check: cfn-lint sam-validate sam-build-check
+# checkov's CloudFormation checks on template.yaml (SAM resources included): any failed
+# check fails; a skipped one is skipped in the template's Metadata, with the reason.
+# --skip-download: no call to Prisma Cloud for guideline links (works offline).
+checkov: $(CHECKOV_STAMP)
+	$(CHECKOV_BIN)/checkov --quiet --compact --skip-download --framework cloudformation --file template.yaml
+
+template-check: cfn-lint sam-validate sam-build-check checkov
 
 # The whole suite on .venv's Python, then the unit tests on each other Python found; a
 # check that could not run here is named again at the very end.
@@ -225,4 +250,4 @@ bench-peers: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/bench_endpoint.py
 
 clean:
-	rm -rf $(VENV) $(VENV)-py3.* $(SAM_VENV) .citymodels .mypy_cache .ruff_cache .pytest_cache build .aws-sam
+	rm -rf $(VENV) $(VENV)-py3.* $(SAM_VENV) $(CHECKOV_VENV) .citymodels .mypy_cache .ruff_cache .pytest_cache build .aws-sam

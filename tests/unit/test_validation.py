@@ -205,3 +205,71 @@ def test_a_file_separated_by_semicolons_or_tabs_is_named_so(
     (problem,) = report.file_problems
     assert problem.code == "bad_delimiter"
     assert f"separated by {named}, not commas" in problem.message
+
+
+def lazy_upload(first: bytes, line: bytes, total: int = 100 * 1024 * 1024) -> Iterator[bytes]:
+    """``first``, then ``line`` repeated up to ``total`` bytes, in 1 MB chunks, made as read."""
+    yield first
+    block = line * (1024 * 1024 // len(line))
+    sent = len(first)
+    while sent < total:
+        yield block
+        sent += len(block)
+
+
+@pytest.mark.parametrize(
+    ("first", "line"),
+    [
+        (b"", b",,,,,,,,\n"),  # a CSV-looking file of empty fields
+        (upload(GOOD[:1]), b"1999,not a number,3,2,1,1,y,n,12\n"),  # one good row, then junk
+        (upload(GOOD[:1]), b"\x00\xff\xfe garbage \x80\n"),  # binary after a good row
+    ],
+)
+def test_a_100_mb_garbage_upload_is_rejected_in_bounded_time(first: bytes, line: bytes) -> None:
+    # GIVEN 100 MB that is clearly not the expected CSV (each of these took minutes to
+    # read to the end: ~140 s here for the first, and the onboard function's timeout is
+    # 300 s)
+    import time
+
+    started = time.monotonic()
+    # WHEN validated
+    report = validate_upload(lazy_upload(first, line))
+    elapsed = time.monotonic() - started
+    # THEN it stops early, well within a second, and the report says so and why
+    assert elapsed < 2.0, elapsed
+    assert not report.ok and report.stopped_early and not report.complete
+    assert [p.code for p in report.file_problems] == ["too_many_problems"]
+    assert "stopped early" in report.summary()
+    assert report.rows_invalid == Limits().max_invalid_rows
+    assert report.bytes_read < 5 * 1024 * 1024
+    body = report.to_dict()
+    assert body["stopped_early"] is True and len(body["row_problems"]) == 100
+
+
+def test_a_file_that_takes_too_long_is_stopped_at_the_time_bound() -> None:
+    # GIVEN 100 MB of blank lines (nothing invalid to count, ~50 s to read here) and a
+    # clock that advances a second at each look
+    ticks = iter(range(10**9))
+    # WHEN validated with a 30 s bound
+    report = validate_upload(
+        lazy_upload(b"", b"\n"), limits=Limits(max_seconds=30), clock=lambda: float(next(ticks))
+    )
+    # THEN it stops early, with the reason, after reading a small part of the file
+    assert [p.code for p in report.file_problems] == ["too_slow"]
+    assert report.stopped_early and not report.ok
+    assert "longer than 30 s" in report.summary()
+    assert report.lines_read < 200_000
+
+
+def test_the_onboard_bound_is_far_under_the_functions_timeout() -> None:
+    from pathlib import Path
+
+    from citymodels.validation import ONBOARD_LIMITS
+    from citymodels_devkit.local.template import load_yaml
+
+    template = load_yaml(Path(__file__).resolve().parents[2] / "template.yaml")
+    timeout = template["Resources"]["OnboardFunction"]["Properties"]["Timeout"]
+    assert ONBOARD_LIMITS.max_seconds is not None
+    assert ONBOARD_LIMITS.max_seconds <= timeout / 2
+    # and the processing job (DEFAULT_LIMITS) never rejects a file for time
+    assert Limits().max_seconds is None

@@ -55,7 +55,13 @@ from citymodels.registry import (
 )
 from citymodels.schema import FEATURE_DIM, SCHEMA_VERSION
 from citymodels.settings import ConfigurationError, env, env_float
-from citymodels.validation import DEFAULT_LIMITS, Problem, ValidationReport, validate_upload
+from citymodels.validation import (
+    DEFAULT_LIMITS,
+    ONBOARD_LIMITS,
+    Problem,
+    ValidationReport,
+    validate_upload,
+)
 from citymodels.versions import mint_version
 
 # Container paths of the processing job (preprocessing/preprocess.py's defaults).
@@ -636,7 +642,8 @@ class Pipeline:
             return report, {}
         read = {k: answer[k] for k in ("VersionId", "ETag") if answer.get(k)}
         try:
-            return validate_upload(answer["Body"], size=upload.size), read
+            # bounded in time too: a pathological file is rejected, not a timed-out function
+            return validate_upload(answer["Body"], size=upload.size, limits=ONBOARD_LIMITS), read
         finally:
             answer["Body"].close()
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Union
 
@@ -46,6 +47,13 @@ class Limits:
         Most data rows read (a guard for files of tiny lines).
     max_listed_problems
         How many row problems the report lists one by one; the rest are counted.
+    max_invalid_rows
+        After this many invalid rows the upload is clearly not this format (or not CSV
+        at all): validation stops early rather than reading on to say so a million times.
+    max_seconds
+        When given, validation stops early after this long (checked every few thousand
+        lines), so a pathological file is rejected with a reason well within the
+        function's timeout instead of timing it out. None: no time bound.
     """
 
     max_bytes: int = 100 * MB
@@ -53,9 +61,18 @@ class Limits:
     min_rows: int = 50
     max_rows: int = 5_000_000
     max_listed_problems: int = 100
+    max_invalid_rows: int = 1000
+    max_seconds: float | None = None
 
 
 DEFAULT_LIMITS = Limits()
+
+ONBOARD_LIMITS = Limits(max_seconds=120.0)
+"""The onboard function's: a valid 100 MB upload validates in ~25 s here, and the
+function's timeout is 300 s (template.yaml), so 120 s rejects only a pathological file."""
+
+_CLOCK_EVERY = 4096
+"""Lines between two looks at the clock (a look costs more than a blank line)."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +131,7 @@ class ValidationReport:
     problem_counts: dict[str, int] = field(default_factory=dict)
     sha256: str = ""
     complete: bool = False
+    stopped_early: bool = False
 
     @property
     def ok(self) -> bool:
@@ -155,6 +173,7 @@ class ValidationReport:
             "rows_invalid": self.rows_invalid,
             "sha256": self.sha256,
             "complete": self.complete,
+            "stopped_early": self.stopped_early,
             "file_problems": [p.to_dict() for p in self.file_problems],
             "row_problems": [p.to_dict() for p in self.row_problems],
             "row_problems_not_listed": max(0, total_row_problems - listed),
@@ -171,6 +190,8 @@ _FILE_CODES = frozenset(
         "too_many_rows",
         "bad_header",
         "bad_delimiter",
+        "too_many_problems",
+        "too_slow",
     }
 )
 
@@ -264,14 +285,22 @@ class UploadReader:
         limit is rejected without reading a byte.
     limits
         The limits to apply.
+    clock
+        Monotonic seconds, for ``limits.max_seconds``; injectable for tests.
     """
 
     def __init__(
-        self, source: ByteSource, *, size: int | None = None, limits: Limits = DEFAULT_LIMITS
+        self,
+        source: ByteSource,
+        *,
+        size: int | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._source = source
         self._size = size
         self.limits = limits
+        self._clock = clock
         self.report = ValidationReport()
         self._consumed = False
 
@@ -292,8 +321,17 @@ class UploadReader:
         if len(self.report.row_problems) < self.limits.max_listed_problems:
             self.report.row_problems.append(Problem(code, message, line, column))
 
+    def _stop_early(self, code: str, message: str, line_no: int, bytes_read: int) -> None:
+        self._file_problem(
+            code,
+            f"validation stopped early at line {line_no:,} ({bytes_read:,} bytes read): {message}",
+        )
+        self.report.bytes_read = bytes_read
+        self.report.stopped_early = True
+
     def _rows(self) -> Iterator[ValidRow]:
         report, limits = self.report, self.limits
+        deadline = None if limits.max_seconds is None else self._clock() + limits.max_seconds
         if self._size is not None and self._size > limits.max_bytes:
             self._file_problem(
                 "too_large",
@@ -308,6 +346,24 @@ class UploadReader:
         for raw, length in source.lines():
             line_no += 1
             report.lines_read = line_no
+            if report.rows_invalid >= limits.max_invalid_rows:
+                self._stop_early(
+                    "too_many_problems",
+                    f"{report.rows_invalid:,} invalid rows; this is not the expected CSV "
+                    "(the listed problems show why)",
+                    line_no - 1,
+                    source.bytes_read,
+                )
+                return
+            if deadline is not None and line_no % _CLOCK_EVERY == 0 and self._clock() > deadline:
+                self._stop_early(
+                    "too_slow",
+                    f"validation takes longer than {limits.max_seconds:g} s; a valid upload "
+                    "of the largest size takes far less",
+                    line_no,
+                    source.bytes_read,
+                )
+                return
             if source.bytes_read > limits.max_bytes:
                 self._file_problem(
                     "too_large", f"the file is larger than {limits.max_bytes:,} bytes"
@@ -506,7 +562,11 @@ def _code_for(column: str, text: str) -> str:
 
 
 def validate_upload(
-    source: ByteSource, *, size: int | None = None, limits: Limits = DEFAULT_LIMITS
+    source: ByteSource,
+    *,
+    size: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    clock: Callable[[], float] = time.monotonic,
 ) -> ValidationReport:
     """Validate a whole upload and return its report (rows are parsed and discarded).
 
@@ -518,8 +578,10 @@ def validate_upload(
         The upload's size when known in advance.
     limits
         The limits to apply.
+    clock
+        Monotonic seconds, for ``limits.max_seconds``.
     """
-    reader = UploadReader(source, size=size, limits=limits)
+    reader = UploadReader(source, size=size, limits=limits, clock=clock)
     for _ in reader:
         pass
     return reader.report
