@@ -79,14 +79,20 @@ pythons:
 	@$(BOOTSTRAP) tools/pythons.py list
 	@echo ".venv: $(or $(PYTHON_EXE),none) $(PY_VERSION); Lambda runtime $(LAMBDA_RUNTIME): $(or $(LAMBDA_PYTHON),no Python $(LAMBDA_PYTHON_VERSION) here)"
 
+# $(call tool-venv,DIR,NAME,VERSION): DIR made anew with .venv's Python, holding NAME at
+# VERSION (the pin in pyproject.toml's [tool.citymodels.tools]) and what it pins itself.
+define tool-venv
+@test -n "$(3)" || { echo "pyproject.toml has no [tool.citymodels.tools] $(2) pin"; exit 1; }
+@test -n "$(PYTHON_EXE)" || exit 1
+@rm -rf $(1)
+$(PYTHON_EXE) -m venv $(1)
+$(1)/bin/python -m pip install --quiet --upgrade pip
+$(1)/bin/python -m pip install --quiet '$(2)==$(3)'
+@touch $@
+endef
+
 $(SAM_STAMP):
-	@test -n "$(SAM_CLI_VERSION)" || { echo "pyproject.toml has no [tool.citymodels.tools] aws-sam-cli pin"; exit 1; }
-	@test -n "$(PYTHON_EXE)" || exit 1
-	@rm -rf $(SAM_VENV)
-	$(PYTHON_EXE) -m venv $(SAM_VENV)
-	$(SAM_BIN)/python -m pip install --quiet --upgrade pip
-	$(SAM_BIN)/python -m pip install --quiet 'aws-sam-cli==$(SAM_CLI_VERSION)'
-	@touch $@
+	$(call tool-venv,$(SAM_VENV),aws-sam-cli,$(SAM_CLI_VERSION))
 
 sam-venv: $(SAM_STAMP)
 
@@ -98,13 +104,7 @@ CHECKOV_VERSION := $(shell sed -n 's/^checkov *= *"\([^"]*\)".*/\1/p' pyproject.
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-checkov-$(CHECKOV_VERSION)
 
 $(CHECKOV_STAMP):
-	@test -n "$(CHECKOV_VERSION)" || { echo "pyproject.toml has no [tool.citymodels.tools] checkov pin"; exit 1; }
-	@test -n "$(PYTHON_EXE)" || exit 1
-	@rm -rf $(CHECKOV_VENV)
-	$(PYTHON_EXE) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_BIN)/python -m pip install --quiet --upgrade pip
-	$(CHECKOV_BIN)/python -m pip install --quiet 'checkov==$(CHECKOV_VERSION)'
-	@touch $@
+	$(call tool-venv,$(CHECKOV_VENV),checkov,$(CHECKOV_VERSION))
 
 checkov-venv: $(CHECKOV_STAMP)
 

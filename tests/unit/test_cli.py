@@ -117,6 +117,27 @@ def seed_published(aws: Aws, version: str, mae: float, *, city: str = CITY) -> N
     )
 
 
+def stack_rejects_the_upload(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch, key: str, reason: str
+) -> list[Callable[[], object]]:
+    """Once ``key`` is uploaded, the stack records run V2 for it, then rejects it: one step
+    each time the registry is read (moto's tables are not safe to write from a thread).
+    Returns the steps not taken yet."""
+    steps: list[Callable[[], object]] = [
+        lambda: aws.registry.create_run(Run(city=CITY, run=V2, key=key, status="PROCESSING")),
+        lambda: aws.registry.update_run(CITY, V2, status=REJECTED, reason=reason),
+    ]
+    list_runs = Registry.list_runs
+
+    def list_runs_as_the_stack_works(self: Registry, city: str, **kwargs: Any) -> list[Run]:
+        if steps and key in objects(aws):
+            steps.pop(0)()
+        return list_runs(self, city, **kwargs)
+
+    monkeypatch.setattr(Registry, "list_runs", list_runs_as_the_stack_works)
+    return steps
+
+
 def objects(aws: Aws) -> list[str]:
     return [o["Key"] for o in aws.s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
 
@@ -233,20 +254,8 @@ def test_onboard_wait_follows_the_new_run_not_an_earlier_one_of_the_same_key(
     key = f"raw/{CITY}/houses.csv"
     assert aws.registry.create_run(Run(city=CITY, run=V1, key=key, status=PUBLISHED))
     (tmp_path / "houses.csv").write_bytes(upload(raw_rows(60)))
-    # AND a stack that, once the file is there, records its run and rejects it, one step
-    # each time the registry is read (moto's tables are not safe to write from a thread)
-    steps: list[Callable[[], object]] = [
-        lambda: aws.registry.create_run(Run(city=CITY, run=V2, key=key, status="PROCESSING")),
-        lambda: aws.registry.update_run(CITY, V2, status=REJECTED, reason="too few rows"),
-    ]
-    list_runs = Registry.list_runs
-
-    def list_runs_as_the_stack_works(self: Registry, city: str, **kwargs: Any) -> list[Run]:
-        if steps and key in objects(aws):
-            steps.pop(0)()
-        return list_runs(self, city, **kwargs)
-
-    monkeypatch.setattr(Registry, "list_runs", list_runs_as_the_stack_works)
+    # AND a stack that, once the file is there, records its run and rejects it
+    steps = stack_rejects_the_upload(aws, monkeypatch, key, "too few rows")
     # WHEN the user onboards and waits
     result = run(
         "onboard", CITY, tmp_path / "houses.csv", "--outputs", outputs,
@@ -945,18 +954,7 @@ def test_gen_data_json_says_what_it_wrote_and_warns_of_too_few_rows(run, tmp_pat
 def test_onboard_wait_does_not_say_the_status_twice(run, aws: Aws, outputs, tmp_path, monkeypatch):
     key = f"raw/{CITY}/houses.csv"
     (tmp_path / "houses.csv").write_bytes(upload(raw_rows(60)))
-    steps: list[Callable[[], object]] = [
-        lambda: aws.registry.create_run(Run(city=CITY, run=V2, key=key, status="PROCESSING")),
-        lambda: aws.registry.update_run(CITY, V2, status=REJECTED, reason="rejected: 3 rows"),
-    ]
-    list_runs = Registry.list_runs
-
-    def list_runs_as_the_stack_works(self: Registry, city: str, **kwargs: Any) -> list[Run]:
-        if steps and key in objects(aws):
-            steps.pop(0)()
-        return list_runs(self, city, **kwargs)
-
-    monkeypatch.setattr(Registry, "list_runs", list_runs_as_the_stack_works)
+    stack_rejects_the_upload(aws, monkeypatch, key, "rejected: 3 rows")
     result = run(
         "onboard", CITY, tmp_path / "houses.csv", "--outputs", outputs, "--wait",
         "--interval", "0.01",
