@@ -151,6 +151,28 @@ class Outcome:
     metrics: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def of_run(
+        cls,
+        action: Action,
+        message: str,
+        record: Run,
+        *,
+        status: str | None = None,
+        job_name: str = "",
+        details: dict[str, Any] | None = None,
+    ) -> Outcome:
+        """An outcome about ``record``: its city and run, and its status unless given."""
+        return cls(
+            action,
+            message,
+            city=record.city,
+            run=record.run,
+            status=record.status if status is None else status,
+            job_name=job_name,
+            details=details or {},
+        )
+
     @property
     def version(self) -> str:
         """The version id of the run (the run id)."""
@@ -1049,11 +1071,10 @@ class Pipeline:
         )
         if updated is None:
             return self._stale(self.registry.get_run(record.city, record.run), "run moved on")
-        return Outcome(
+        return Outcome.of_run(
             Action.NOT_PUBLISHED,
             reason,
-            city=record.city,
-            run=record.run,
+            record,
             status=NOT_PUBLISHED,
             job_name=record.training_job,
             details={"gate": gate.to_dict()} if gate is not None else {},
@@ -1091,12 +1112,10 @@ class Pipeline:
         try:
             create()
         except errors.ResourceInUse:
-            return Outcome(
+            return Outcome.of_run(
                 Action.ALREADY_STARTED,
                 f"{kind} job {name} already exists",
-                city=record.city,
-                run=record.run,
-                status=record.status,
+                record,
                 job_name=name,
             )
         except errors.ResourceLimitExceeded as err:
@@ -1108,12 +1127,10 @@ class Pipeline:
             ) from err
         if record.reason:  # e.g. "waiting for SageMaker capacity": no longer true
             self.registry.update_run(record.city, record.run, expected_status=[expected], reason="")
-        return Outcome(
+        return Outcome.of_run(
             Action.STARTED,
             f"{kind} job {name} started",
-            city=record.city,
-            run=record.run,
-            status=record.status,
+            record,
             job_name=name,
         ).count(metric)
 
@@ -1134,11 +1151,10 @@ class Pipeline:
             )
             if updated is None:
                 return self._stale(record, "the run moved on meanwhile")
-            return Outcome(
+            return Outcome.of_run(
                 Action.FAILED,
                 reason,
-                city=record.city,
-                run=record.run,
+                record,
                 status=FAILED,
                 job_name=name,
             ).count("JobFailed")  # a job that never started (the alarm adds the three)
@@ -1153,12 +1169,10 @@ class Pipeline:
         self.registry.update_run(
             record.city, record.run, expected_status=[expected], reason=_clip(reason)
         )
-        return Outcome(
+        return Outcome.of_run(
             Action.WAITING_FOR_CAPACITY,
             reason,
-            city=record.city,
-            run=record.run,
-            status=record.status,
+            record,
             job_name=name,
             details={"delay_seconds": delay, "retries": retries + 1},
         ).count("CapacityWait")
@@ -1203,22 +1217,19 @@ class Pipeline:
         )
         if updated is None:
             return self._stale(self.registry.get_run(record.city, record.run), "run moved on")
-        return Outcome(
+        return Outcome.of_run(
             Action.FAILED,
             reason,
-            city=record.city,
-            run=record.run,
+            record,
             status=FAILED,
             job_name=name,
         ).count(_failed_metric(kind))
 
     def _stale(self, record: Run, why: str) -> Outcome:
-        return Outcome(
+        return Outcome.of_run(
             Action.STALE,
             f"nothing to do for {record.city} run {record.run}: {why}",
-            city=record.city,
-            run=record.run,
-            status=record.status,
+            record,
         ).count("EventStale")
 
     def _tags(self, run: Run) -> list[dict[str, str]]:
