@@ -629,17 +629,14 @@ def test_a_redelivery_after_a_crash_between_counting_and_naming_starts_the_same_
     # GIVEN a first delivery that counted the content's attempt, then died before it
     # named the run's job
     body = body_of(1)
-    real_update_run = world.registry.update_run
 
     def crash_when_naming(*args: Any, **fields: Any) -> Any:
-        if "processing_job" in fields:
-            raise RuntimeError("the function was killed here")
-        return real_update_run(*args, **fields)
+        raise RuntimeError("the function was killed here")
 
-    monkeypatch.setattr(world.registry, "update_run", crash_when_naming)
-    with pytest.raises(RuntimeError):
-        world.upload(body)
-    monkeypatch.setattr(world.registry, "update_run", real_update_run)
+    with monkeypatch.context() as patched:
+        patched.setattr(world.registry, "name_job", crash_when_naming)
+        with pytest.raises(RuntimeError):
+            world.upload(body)
     # WHEN the same event is delivered again
     outcome = world.upload(body, put=False)
     # THEN its run is not a duplicate of itself: the job of attempt 1 starts
@@ -958,15 +955,25 @@ def test_a_training_completed_event_delivered_twice_publishes_once(world: World)
     assert world.registry.get_run(CITY, first.run).status == PUBLISHED
 
 
-def test_a_retry_after_the_alias_moved_records_the_run_published(world: World) -> None:
-    # GIVEN a publish that moved the alias and then died before recording PUBLISHED
-    started = world.upload(body_of(1))
+def test_a_retry_after_the_alias_moved_finds_the_version_published_and_listed(
+    world: World,
+) -> None:
+    # GIVEN a publish whose write was made but whose function died before it returned
+    body = body_of(1)
+    started = world.upload(body)
     world.finish_processing(CITY, started.run)
-    world.registry.publish(CITY, started.run, metrics={}, model_key="x")
-    # WHEN the event is retried THEN the run is recorded PUBLISHED, not "superseded"
+    world.registry.publish(CITY, started.run, metrics={}, model_key="x", expected_status=[TRAINING])
+    # WHEN the event is retried
     outcome = world.finish_training(CITY, started.run)
-    assert outcome.action is Action.PUBLISHED
+    # THEN nothing is done again: the alias, the run and its content moved together
+    assert outcome.action is Action.STALE
     assert world.registry.get_run(CITY, started.run).status == PUBLISHED
+    assert [v.run for v in world.registry.versions(CITY)] == [started.run]
+    assert world.registry.rollback(CITY, started.run).current == started.run
+    # AND the same bytes uploaded again are a duplicate of that version, not retrained
+    again = world.upload(body, minute=2)
+    assert again.action is Action.DUPLICATE
+    assert world.registry.get_run(CITY, again.run).duplicate_of == started.run
 
 
 def test_an_existing_different_model_under_the_version_key_is_never_overwritten(

@@ -598,10 +598,12 @@ class Pipeline:
         name = job_name(settings.stack, city, report.sha256, attempt)
         input_key = self._copy_input(upload, city, run_id, read)
         # The job's name is on the run before the job exists, so a redelivery (or a
-        # retry after a crash) creates the same job, never a second one.
-        updated = self.registry.update_run(
+        # retry after a crash) creates the same job, never a second one; and the job's
+        # record is written with it, so the job's events always find the run.
+        named = self.registry.name_job(
             city,
             run_id,
+            name,
             expected_status=[PROCESSING],
             sha256=report.sha256,
             attempt=attempt,
@@ -610,9 +612,8 @@ class Pipeline:
             report_key=report_key,
             schema_version=SCHEMA_VERSION,
         )
-        if updated is None:
+        if not named:
             return self._stale(self.registry.get_run(city, run_id), "run already moved on")
-        self.registry.record_job(name, city, run_id)
         return self.start_processing(city, run_id).count("UploadAccepted")
 
     def _reject_key(
@@ -989,13 +990,20 @@ class Pipeline:
         if not gate.passed:
             return self._not_published(record, gate.reason, gate).count("GateRefused")
 
-        if not self.registry.publish(city, run, metrics=run_metrics, model_key=model_key):
-            newest = self.registry.get_city(city).newest_published
-            if newest != run:  # else: published by an earlier try of this same event
-                return self._superseded(record, newest, gate)
-        self.registry.update_run(
-            city, run, expected_status=[TRAINING], status=PUBLISHED, reason=gate.reason
+        # The alias, the run and the content's record move together (one transaction).
+        published = self.registry.publish(
+            city,
+            run,
+            metrics=run_metrics,
+            model_key=model_key,
+            reason=_clip(gate.reason),
+            expected_status=[TRAINING],
         )
+        if not published:
+            latest = self.registry.get_run(city, run)
+            if latest.status != TRAINING:
+                return self._stale(latest, f"the run is {latest.status}")
+            return self._superseded(record, self.registry.get_city(city).newest_published, gate)
         return Outcome(
             Action.PUBLISHED,
             f"{city} now serves version {run}: {gate.reason}",
