@@ -85,6 +85,8 @@ class FakeSageMaker(StubbedClient):
         self._accepted: list[tuple[str, dict[str, Any]]] = []
         self.capacity_errors = 0
         """The next N creates answer ResourceLimitExceeded."""
+        self.create_errors: list[AwsError] = []
+        """Answers of the next creates (then: as usual)."""
         self.descriptions: dict[str, dict[str, Any]] = {}
         """Job name → fields added to moto's Describe* answer."""
 
@@ -105,6 +107,8 @@ class FakeSageMaker(StubbedClient):
         kind = "Processing" if "processing" in operation else "Training"
         name = request.get(f"{kind}JobName")
         if operation.startswith("create_"):
+            if self.create_errors:
+                return self.create_errors.pop(0)
             if self.capacity_errors:
                 self.capacity_errors -= 1
                 return AwsError(
@@ -824,6 +828,54 @@ def test_a_day_without_capacity_fails_the_run_with_the_reason(world: World) -> N
     assert outcome.action is Action.FAILED
     assert outcome.metrics == {"JobFailed": 1}
     assert "no SageMaker capacity" in world.registry.get_run(CITY, waiting.run).reason
+
+
+def test_a_job_sagemaker_refuses_to_create_fails_the_run_with_its_words(
+    world: World, subtests: pytest.Subtests
+) -> None:
+    error = AwsError("ValidationException", 400, "Requested resource not found.")
+
+    def processing(minute: int) -> Outcome:
+        world.sagemaker.create_errors.append(error)
+        return world.upload(body_of(minute), minute=minute)
+
+    def training(minute: int) -> Outcome:
+        run = world.upload(body_of(minute), minute=minute).run
+        world.sagemaker.create_errors.append(error)
+        return world.finish_processing(CITY, run)
+
+    for minute, step in enumerate((processing, training), start=1):
+        with subtests.test(step.__name__):
+            # GIVEN SageMaker refusing the job's request (no retry will change that)
+            # WHEN the step that creates the job runs
+            outcome = step(minute)
+            # THEN the run ends FAILED with SageMaker's words, rather than wait forever
+            assert outcome.action is Action.FAILED
+            assert outcome.metrics["JobFailed"] == 1
+            record = world.registry.get_run(CITY, outcome.run)
+            assert record.status == FAILED
+            assert f"{step.__name__} job {outcome.job_name} could not be created" in record.reason
+            assert "ValidationException: Requested resource not found." in record.reason
+            # AND the same bytes uploaded again get a new attempt
+            again = world.upload(body_of(minute), minute=minute + 10)
+            assert again.action is Action.STARTED
+            assert again.job_name.endswith("-2")
+
+
+def test_a_throttled_job_start_waits_on_the_retry_queue_then_starts(world: World) -> None:
+    # GIVEN SageMaker throttling the job's creation (botocore's own retries spent)
+    started = world.upload(body_of(1))
+    world.sagemaker.create_errors.append(AwsError("ThrottlingException", 400, "Rate exceeded"))
+    # WHEN processing completes and the training job is created
+    outcome = world.finish_processing(CITY, started.run)
+    # THEN the run waits in TRAINING for the retry queue, as for capacity
+    assert outcome.action is Action.WAITING_FOR_CAPACITY
+    record = world.registry.get_run(CITY, started.run)
+    assert record.status == TRAINING and "Rate exceeded" in record.reason
+    # AND the retry starts the job
+    message = RetryMessage.from_json(world.sqs.sent[-1]["MessageBody"])
+    assert world.pipeline.resume(message).action is Action.STARTED
+    assert world.registry.get_run(CITY, started.run).reason == ""
 
 
 # -- training job and publishing ------------------------------------------------------

@@ -76,6 +76,9 @@ CAPACITY_MAX_DELAY = 900  # SQS's longest message delay
 MAX_CAPACITY_RETRIES = 100
 """About a day of retries (60 s doubling to 900 s): then the run is FAILED, not forgotten."""
 WAITING_FOR_CAPACITY = "waiting for SageMaker capacity"
+THROTTLING_CODES = ("ThrottlingException", "Throttling", "TooManyRequestsException")
+"""SageMaker's answers to too many calls: a job start waits on the retry queue, as for
+capacity (botocore has already retried by then)."""
 MAX_REASON_CHARS = 2000
 
 JOB_COMPLETED = "Completed"
@@ -88,12 +91,6 @@ class PipelineError(CityModelsError):
     """Base class of the pipeline's unexpected errors (raised, never recorded)."""
 
     code = "pipeline_error"
-
-
-class JobStartFailed(PipelineError):
-    """SageMaker refused to create a job for a reason other than capacity or a duplicate."""
-
-    code = "job_start_failed"
 
 
 class ModelOverwriteRefused(PipelineError):
@@ -1120,6 +1117,7 @@ class Pipeline:
         try:
             create()
         except errors.ResourceInUse:
+            self._clear_reason(record, expected)
             return Outcome.of_run(
                 Action.ALREADY_STARTED,
                 f"{kind} job {name} already exists",
@@ -1129,18 +1127,39 @@ class Pipeline:
         except errors.ResourceLimitExceeded as err:
             return self._wait_for_capacity(kind, record, name, expected, retries, err)
         except ClientError as err:
-            raise JobStartFailed(
-                f"could not create {kind} job {name} for {record.city} run {record.run}: "
-                f"{_error_code(err)}: {_error_message(err)}"
-            ) from err
-        if record.reason:  # e.g. "waiting for SageMaker capacity": no longer true
-            self.registry.update_run(record.city, record.run, expected_status=[expected], reason="")
+            if _error_code(err) in THROTTLING_CODES:
+                # botocore retried already: wait on the queue as for capacity, so the
+                # job still starts once SageMaker accepts calls again.
+                return self._wait_for_capacity(kind, record, name, expected, retries, err)
+            # Nothing will ever create this job (a bad request, a missing permission):
+            # the run ends FAILED, with SageMaker's words, rather than wait forever.
+            return self._job_not_created(kind, record, name, expected, err)
+        self._clear_reason(record, expected)
         return Outcome.of_run(
             Action.STARTED,
             f"{kind} job {name} started",
             record,
             job_name=name,
         ).count(metric)
+
+    def _clear_reason(self, record: Run, expected: str) -> None:
+        if record.reason:  # e.g. "waiting for SageMaker capacity": no longer true
+            self.registry.update_run(record.city, record.run, expected_status=[expected], reason="")
+
+    def _job_not_created(
+        self, kind: str, record: Run, name: str, expected: str, err: ClientError
+    ) -> Outcome:
+        reason = _clip(
+            f"{kind} job {name} could not be created: {_error_code(err)}: {_error_message(err)}"
+        )
+        updated = self.registry.update_run(
+            record.city, record.run, expected_status=[expected], status=FAILED, reason=reason
+        )
+        if updated is None:
+            return self._stale(self.registry.get_run(record.city, record.run), "run moved on")
+        return Outcome.of_run(Action.FAILED, reason, record, status=FAILED, job_name=name).count(
+            "JobFailed"
+        )
 
     def _wait_for_capacity(
         self, kind: str, record: Run, name: str, expected: str, retries: int, err: ClientError
