@@ -97,15 +97,6 @@ def test_content_attempts_and_publication_are_tracked(aws: Aws) -> None:
     assert (content.attempts, content.last_run, content.published_version) == (2, V2, V2)
 
 
-def test_jobs_map_back_to_their_run(aws: Aws) -> None:
-    new_run(aws, V1)
-    aws.registry.record_job("cm-cmtest-0123456789abcdef0123-1", "NewYork_NY", V1)
-    run = aws.registry.run_for_job("cm-cmtest-0123456789abcdef0123-1")
-    assert run is not None
-    assert run.run == V1
-    assert aws.registry.run_for_job("cm-other-0123456789abcdef0123-1") is None
-
-
 def test_naming_a_job_records_its_run_or_nothing(aws: Aws) -> None:
     job = "cm-cmtest-0123456789abcdef0123-1"
     new_run(aws, V1, status=FAILED)
@@ -121,6 +112,7 @@ def test_naming_a_job_records_its_run_or_nothing(aws: Aws) -> None:
     assert named is True
     found = aws.registry.run_for_job(job)
     assert found is not None and (found.run, found.processing_job, found.attempt) == (V2, job, 1)
+    assert aws.registry.run_for_job("cm-other-0123456789abcdef0123-1") is None
 
 
 def test_publishing_moves_alias_run_and_content_together_or_not_at_all(aws: Aws) -> None:

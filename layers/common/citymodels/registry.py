@@ -318,7 +318,7 @@ class Registry:
         answer = self._client.update_item(**request, ReturnValues="ALL_NEW")
         return self._plain(answer.get("Attributes", {}))
 
-    def _transact(self, *updates: Mapping[str, Any]) -> list[bool]:
+    def _transact(self, *updates: Mapping[str, Any]) -> bool:
         """Make these updates all, or none (one TransactWriteItems call).
 
         Writes that must happen together are made together, so a crash between them
@@ -326,25 +326,21 @@ class Registry:
 
         Returns
         -------
-        list[bool]
-            Empty when every update was made; else, for each update, whether its
-            condition failed (then none was made).
+        bool
+            True when they were made; False when a condition failed (none was made).
         """
         try:
             self._client.transact_write_items(
                 TransactItems=[{"Update": dict(update)} for update in updates]
             )
         except self._client.exceptions.TransactionCanceledException as err:
-            codes = [str(r.get("Code", "")) for r in err.response.get("CancellationReasons", [])]
+            reasons = {str(r.get("Code")) for r in err.response.get("CancellationReasons", [])}
             # Only failed conditions are an answer; a conflict with another transaction
             # or a throttle is raised, so the event is retried.
-            if "ConditionalCheckFailed" not in codes or not set(codes) <= {
-                "ConditionalCheckFailed",
-                "None",
-            }:
+            if reasons - {"None"} != {"ConditionalCheckFailed"}:
                 raise
-            return [code == "ConditionalCheckFailed" for code in codes]
-        return []
+            return False
+        return True
 
     @property
     def _condition_failed(self) -> tuple[type[Exception], ...]:
@@ -422,7 +418,7 @@ class Registry:
             {"city": run.city, "run": run.run, **values},
             condition="attribute_not_exists(pk)",
         )
-        return not self._transact(created, self._touch_city_update(run.city))
+        return self._transact(created, self._touch_city_update(run.city))
 
     def update_run(
         self,
@@ -505,12 +501,6 @@ class Registry:
 
     # -- jobs ------------------------------------------------------------------------
 
-    def record_job(self, job_name: str, city: str, run: str) -> None:
-        """Remember which city and run a job belongs to (for its state-change events)."""
-        self._update(
-            f"JOB#{job_name}", "JOB", {"city": validate_city_id(city), "run": validate_version(run)}
-        )
-
     def name_job(
         self,
         city: str,
@@ -542,7 +532,7 @@ class Registry:
         job = self._update_request(
             f"JOB#{job_name}", "JOB", {"city": validate_city_id(city), "run": validate_version(run)}
         )
-        return not self._transact(self._run_update(city, run, fields, expected_status), job)
+        return self._transact(self._run_update(city, run, fields, expected_status), job)
 
     def run_for_job(self, job_name: str) -> Run | None:
         """Return the run a job belongs to, or None for a job this registry never started."""
@@ -619,7 +609,7 @@ class Registry:
                     f"CITY#{city}", f"CONTENT#{record.sha256}", {"published_version": version}
                 )
             )
-        return not self._transact(*updates)
+        return self._transact(*updates)
 
     def rollback(self, city: str, version: str) -> City:
         """Pin the alias to an earlier published version.
