@@ -1,10 +1,11 @@
 """Crash safety: a function that dies at any AWS call, then gets its event again, ends right.
 
-Each pipeline path (onboard; train, and a processing job that failed; publish over a
-serving model, a gate refusal, and a training job that failed; retry; rollback) is
-driven on the world of ``tests/unit/test_pipeline.py`` (moto, and SageMaker and the
-endpoint under botocore's Stubber). For every k, the k-th AWS call the path makes
-(DynamoDB, S3, SageMaker, SQS, SageMaker runtime) crashes the function:
+Each pipeline path (onboard, with and without SageMaker capacity; train, and a
+processing job that failed; publish over a serving model, a gate refusal, and a
+training job that failed; retry; rollback) is driven on the world of
+``tests/unit/test_pipeline.py`` (moto, and SageMaker and the endpoint under botocore's
+Stubber). For every k, the k-th AWS call the path makes (DynamoDB, S3, SageMaker, SQS,
+SageMaker runtime) crashes the function:
 
 - ``before``: the call is never sent (the function was killed just before it);
 - ``after``: the call was made, but the function died before it saw the answer (a write
@@ -199,6 +200,22 @@ def onboard(world: World, city: str) -> Scenario:  # noqa: F811
     return Scenario(city, run, body, deliver, then)
 
 
+def onboard_waiting(world: World, city: str) -> Scenario:  # noqa: F811
+    """An upload SageMaker has no capacity for at first: its job start goes to the queue."""
+    run, body, deliver = _uploaded(world, city, 1)
+    world.sagemaker.capacity_errors = 1
+    queued = len(world.sqs.sent)
+
+    def then() -> None:
+        # the retry function gets every message sent (one per delivery that waited)
+        for sent in world.sqs.sent[queued:]:
+            world.pipeline.resume(RetryMessage.from_json(sent["MessageBody"]))
+        world.finish_processing(city, run)
+        world.finish_training(city, run)
+
+    return Scenario(city, run, body, deliver, then)
+
+
 def train(world: World, city: str) -> Scenario:  # noqa: F811
     run, body, job = _processed(world, city, 1)
     deliver = partial(world.pipeline.on_processing_state, job, "Completed")
@@ -263,6 +280,7 @@ def rollback(world: World, city: str) -> Scenario:  # noqa: F811
 
 PATHS: dict[str, Callable[[World, str], Scenario]] = {
     "onboard": onboard,
+    "onboard_waiting": onboard_waiting,
     "train": train,
     "train_failed": train_failed,
     "publish": publish,
