@@ -862,20 +862,29 @@ def test_a_job_sagemaker_refuses_to_create_fails_the_run_with_its_words(
             assert again.job_name.endswith("-2")
 
 
-def test_a_throttled_job_start_waits_on_the_retry_queue_then_starts(world: World) -> None:
-    # GIVEN SageMaker throttling the job's creation (botocore's own retries spent)
-    started = world.upload(body_of(1))
-    world.sagemaker.create_errors.append(AwsError("ThrottlingException", 400, "Rate exceeded"))
-    # WHEN processing completes and the training job is created
-    outcome = world.finish_processing(CITY, started.run)
-    # THEN the run waits in TRAINING for the retry queue, as for capacity
-    assert outcome.action is Action.WAITING_FOR_CAPACITY
-    record = world.registry.get_run(CITY, started.run)
-    assert record.status == TRAINING and "Rate exceeded" in record.reason
-    # AND the retry starts the job
-    message = RetryMessage.from_json(world.sqs.sent[-1]["MessageBody"])
-    assert world.pipeline.resume(message).action is Action.STARTED
-    assert world.registry.get_run(CITY, started.run).reason == ""
+def test_a_throttled_or_server_failed_job_start_waits_on_the_retry_queue_then_starts(
+    world: World, subtests: pytest.Subtests
+) -> None:
+    transient = [
+        AwsError("ThrottlingException", 400, "Rate exceeded"),
+        AwsError("InternalFailure", 500, "An internal error occurred"),
+    ]
+    for minute, error in enumerate(transient, start=1):
+        with subtests.test(error.code):
+            # GIVEN SageMaker answering the job's creation with a transient error
+            # (botocore's own retries spent)
+            started = world.upload(body_of(minute), minute=minute)
+            world.sagemaker.create_errors.append(error)
+            # WHEN processing completes and the training job is created
+            outcome = world.finish_processing(CITY, started.run)
+            # THEN the run waits in TRAINING for the retry queue, as for capacity
+            assert outcome.action is Action.WAITING_FOR_CAPACITY
+            record = world.registry.get_run(CITY, started.run)
+            assert record.status == TRAINING and error.message in record.reason
+            # AND the retry starts the job
+            message = RetryMessage.from_json(world.sqs.sent[-1]["MessageBody"])
+            assert world.pipeline.resume(message).action is Action.STARTED
+            assert world.registry.get_run(CITY, started.run).reason == ""
 
 
 # -- training job and publishing ------------------------------------------------------

@@ -77,8 +77,8 @@ MAX_CAPACITY_RETRIES = 100
 """About a day of retries (60 s doubling to 900 s): then the run is FAILED, not forgotten."""
 WAITING_FOR_CAPACITY = "waiting for SageMaker capacity"
 THROTTLING_CODES = ("ThrottlingException", "Throttling", "TooManyRequestsException")
-"""SageMaker's answers to too many calls: a job start waits on the retry queue, as for
-capacity (botocore has already retried by then)."""
+"""SageMaker's answers to too many calls: like a server error (5xx), a job start that
+gets one waits on the retry queue, as for capacity (botocore has already retried)."""
 MAX_REASON_CHARS = 2000
 
 JOB_COMPLETED = "Completed"
@@ -427,6 +427,12 @@ def capacity_delay(retries: int) -> int:
 def _error_code(err: ClientError) -> str:
     """The code of an AWS error that botocore's model has no exception class for."""
     return str(err.response.get("Error", {}).get("Code", ""))
+
+
+def _transient(err: ClientError) -> bool:
+    """A throttle or a server error: the same request may succeed later."""
+    status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+    return _error_code(err) in THROTTLING_CODES or status >= 500
 
 
 def _error_message(err: ClientError) -> str:
@@ -1127,7 +1133,7 @@ class Pipeline:
         except errors.ResourceLimitExceeded as err:
             return self._wait_for_capacity(kind, record, name, expected, retries, err)
         except ClientError as err:
-            if _error_code(err) in THROTTLING_CODES:
+            if _transient(err):
                 # botocore retried already: wait on the queue as for capacity, so the
                 # job still starts once SageMaker accepts calls again.
                 return self._wait_for_capacity(kind, record, name, expected, retries, err)
