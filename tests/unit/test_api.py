@@ -112,6 +112,8 @@ class FakeRuntime(StubbedRuntime):
     def __init__(self) -> None:
         super().__init__(self._price)
         self.errors: list[AwsError] = []
+        self.bodies: list[bytes] = []
+        """Answer bodies to send as they are, before pricing again (a misbehaving model)."""
 
     @property
     def calls(self) -> list[dict[str, Any]]:
@@ -124,6 +126,8 @@ class FakeRuntime(StubbedRuntime):
     def _price(self, request: dict[str, Any]) -> bytes | AwsError:
         if self.errors:
             return self.errors.pop(0)
+        if self.bodies:
+            return self.bodies.pop(0)
         rows = request["Body"].decode("utf-8").splitlines()
         scores = [{"score": 100 * float(row.split(",")[1])} for row in rows]
         return json.dumps({"predictions": scores}).encode()
@@ -567,6 +571,34 @@ def test_a_failing_model_is_424_and_a_missing_one_502(
     runtime.fail("ValidationError", 400, "Failed to download model data for target model")
     status, body, _ = call(predict_app, load_event("api_predict"), lambda_context)
     assert (status, body["code"]) == (502, "model_missing")
+
+
+def test_a_model_answering_the_wrong_count_or_a_non_finite_price_is_424_not_a_price(
+    predict_app: ModuleType,
+    service: api.CityApi,
+    registry: CountingRegistry,
+    runtime: FakeRuntime,
+    lambda_context: FakeLambdaContext,
+) -> None:
+    # GIVEN a city serving a model, asked to price the sample's two houses
+    published(registry, "NewYork_NY", V1)
+    wrong = {
+        "one price for two rows": [{"score": 1.0}],
+        "three prices for two rows": [{"score": 1.0}] * 3,
+        "NaN": [{"score": 1.0}, {"score": float("nan")}],
+        "Infinity": [{"score": float("inf")}, {"score": 1.0}],
+    }
+    for name, predictions in wrong.items():
+        # WHEN the model answers what no caller could use (JSON allows NaN and Infinity)
+        runtime.bodies.append(json.dumps({"predictions": predictions}).encode())
+        status, body, _ = call(predict_app, load_event("api_predict"), lambda_context)
+        # THEN the caller gets the model's failure, never a price list that does not
+        # line up with the houses sent or holds a non-number
+        assert (status, body["code"]) == (424, "model_error"), name
+        assert "for 2 rows" in body["message"], name
+    # AND a sound answer prices the houses again
+    status, body, _ = call(predict_app, load_event("api_predict"), lambda_context)
+    assert status == 200 and len(body["predictions"]) == 2
 
 
 def test_an_unexpected_failure_is_a_json_500_with_the_request_id(

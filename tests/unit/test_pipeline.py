@@ -85,6 +85,8 @@ class FakeSageMaker(StubbedClient):
         self._accepted: list[tuple[str, dict[str, Any]]] = []
         self.capacity_errors = 0
         """The next N creates answer ResourceLimitExceeded."""
+        self.create_errors: list[AwsError] = []
+        """Answers of the next creates (then: as usual)."""
         self.descriptions: dict[str, dict[str, Any]] = {}
         """Job name → fields added to moto's Describe* answer."""
 
@@ -105,6 +107,8 @@ class FakeSageMaker(StubbedClient):
         kind = "Processing" if "processing" in operation else "Training"
         name = request.get(f"{kind}JobName")
         if operation.startswith("create_"):
+            if self.create_errors:
+                return self.create_errors.pop(0)
             if self.capacity_errors:
                 self.capacity_errors -= 1
                 return AwsError(
@@ -629,17 +633,14 @@ def test_a_redelivery_after_a_crash_between_counting_and_naming_starts_the_same_
     # GIVEN a first delivery that counted the content's attempt, then died before it
     # named the run's job
     body = body_of(1)
-    real_update_run = world.registry.update_run
 
     def crash_when_naming(*args: Any, **fields: Any) -> Any:
-        if "processing_job" in fields:
-            raise RuntimeError("the function was killed here")
-        return real_update_run(*args, **fields)
+        raise RuntimeError("the function was killed here")
 
-    monkeypatch.setattr(world.registry, "update_run", crash_when_naming)
-    with pytest.raises(RuntimeError):
-        world.upload(body)
-    monkeypatch.setattr(world.registry, "update_run", real_update_run)
+    with monkeypatch.context() as patched:
+        patched.setattr(world.registry, "name_job", crash_when_naming)
+        with pytest.raises(RuntimeError):
+            world.upload(body)
     # WHEN the same event is delivered again
     outcome = world.upload(body, put=False)
     # THEN its run is not a duplicate of itself: the job of attempt 1 starts
@@ -829,6 +830,63 @@ def test_a_day_without_capacity_fails_the_run_with_the_reason(world: World) -> N
     assert "no SageMaker capacity" in world.registry.get_run(CITY, waiting.run).reason
 
 
+def test_a_job_sagemaker_refuses_to_create_fails_the_run_with_its_words(
+    world: World, subtests: pytest.Subtests
+) -> None:
+    error = AwsError("ValidationException", 400, "Requested resource not found.")
+
+    def processing(minute: int) -> Outcome:
+        world.sagemaker.create_errors.append(error)
+        return world.upload(body_of(minute), minute=minute)
+
+    def training(minute: int) -> Outcome:
+        run = world.upload(body_of(minute), minute=minute).run
+        world.sagemaker.create_errors.append(error)
+        return world.finish_processing(CITY, run)
+
+    for minute, step in enumerate((processing, training), start=1):
+        with subtests.test(step.__name__):
+            # GIVEN SageMaker refusing the job's request (no retry will change that)
+            # WHEN the step that creates the job runs
+            outcome = step(minute)
+            # THEN the run ends FAILED with SageMaker's words, rather than wait forever
+            assert outcome.action is Action.FAILED
+            assert outcome.metrics["JobFailed"] == 1
+            record = world.registry.get_run(CITY, outcome.run)
+            assert record.status == FAILED
+            assert f"{step.__name__} job {outcome.job_name} could not be created" in record.reason
+            assert "ValidationException: Requested resource not found." in record.reason
+            # AND the same bytes uploaded again get a new attempt
+            again = world.upload(body_of(minute), minute=minute + 10)
+            assert again.action is Action.STARTED
+            assert again.job_name.endswith("-2")
+
+
+def test_a_throttled_or_server_failed_job_start_waits_on_the_retry_queue_then_starts(
+    world: World, subtests: pytest.Subtests
+) -> None:
+    transient = [
+        AwsError("ThrottlingException", 400, "Rate exceeded"),
+        AwsError("InternalFailure", 500, "An internal error occurred"),
+    ]
+    for minute, error in enumerate(transient, start=1):
+        with subtests.test(error.code):
+            # GIVEN SageMaker answering the job's creation with a transient error
+            # (botocore's own retries spent)
+            started = world.upload(body_of(minute), minute=minute)
+            world.sagemaker.create_errors.append(error)
+            # WHEN processing completes and the training job is created
+            outcome = world.finish_processing(CITY, started.run)
+            # THEN the run waits in TRAINING for the retry queue, as for capacity
+            assert outcome.action is Action.WAITING_FOR_CAPACITY
+            record = world.registry.get_run(CITY, started.run)
+            assert record.status == TRAINING and error.message in record.reason
+            # AND the retry starts the job
+            message = RetryMessage.from_json(world.sqs.sent[-1]["MessageBody"])
+            assert world.pipeline.resume(message).action is Action.STARTED
+            assert world.registry.get_run(CITY, started.run).reason == ""
+
+
 # -- training job and publishing ------------------------------------------------------
 
 
@@ -958,15 +1016,25 @@ def test_a_training_completed_event_delivered_twice_publishes_once(world: World)
     assert world.registry.get_run(CITY, first.run).status == PUBLISHED
 
 
-def test_a_retry_after_the_alias_moved_records_the_run_published(world: World) -> None:
-    # GIVEN a publish that moved the alias and then died before recording PUBLISHED
-    started = world.upload(body_of(1))
+def test_a_retry_after_the_alias_moved_finds_the_version_published_and_listed(
+    world: World,
+) -> None:
+    # GIVEN a publish whose write was made but whose function died before it returned
+    body = body_of(1)
+    started = world.upload(body)
     world.finish_processing(CITY, started.run)
-    world.registry.publish(CITY, started.run, metrics={}, model_key="x")
-    # WHEN the event is retried THEN the run is recorded PUBLISHED, not "superseded"
+    world.registry.publish(CITY, started.run, metrics={}, model_key="x", expected_status=[TRAINING])
+    # WHEN the event is retried
     outcome = world.finish_training(CITY, started.run)
-    assert outcome.action is Action.PUBLISHED
+    # THEN nothing is done again: the alias, the run and its content moved together
+    assert outcome.action is Action.STALE
     assert world.registry.get_run(CITY, started.run).status == PUBLISHED
+    assert [v.run for v in world.registry.versions(CITY)] == [started.run]
+    assert world.registry.rollback(CITY, started.run).current == started.run
+    # AND the same bytes uploaded again are a duplicate of that version, not retrained
+    again = world.upload(body, minute=2)
+    assert again.action is Action.DUPLICATE
+    assert world.registry.get_run(CITY, again.run).duplicate_of == started.run
 
 
 def test_an_existing_different_model_under_the_version_key_is_never_overwritten(

@@ -137,7 +137,7 @@ def given_run(aws: Aws, status: str = PROCESSING) -> Run:
         training_job=JOB if status == TRAINING else "",
     )
     aws.registry.create_run(run)
-    aws.registry.record_job(JOB, CITY, RUN)
+    aws.registry.name_job(CITY, RUN, JOB, expected_status=[status])
     return run
 
 

@@ -97,13 +97,55 @@ def test_content_attempts_and_publication_are_tracked(aws: Aws) -> None:
     assert (content.attempts, content.last_run, content.published_version) == (2, V2, V2)
 
 
-def test_jobs_map_back_to_their_run(aws: Aws) -> None:
-    new_run(aws, V1)
-    aws.registry.record_job("cm-cmtest-0123456789abcdef0123-1", "NewYork_NY", V1)
-    run = aws.registry.run_for_job("cm-cmtest-0123456789abcdef0123-1")
-    assert run is not None
-    assert run.run == V1
+def test_naming_a_job_records_its_run_or_nothing(aws: Aws) -> None:
+    job = "cm-cmtest-0123456789abcdef0123-1"
+    new_run(aws, V1, status=FAILED)
+    # a run that moved on names no job, and the job has no record
+    assert aws.registry.name_job("NewYork_NY", V1, job, expected_status=[PROCESSING]) is False
+    assert aws.registry.run_for_job(job) is None
+    assert aws.registry.get_run("NewYork_NY", V1).processing_job == ""
+    # a run waiting for its job names it, and the job's events find the run
+    new_run(aws, V2)
+    named = aws.registry.name_job(
+        "NewYork_NY", V2, job, expected_status=[PROCESSING], processing_job=job, attempt=1
+    )
+    assert named is True
+    found = aws.registry.run_for_job(job)
+    assert found is not None and (found.run, found.processing_job, found.attempt) == (V2, job, 1)
     assert aws.registry.run_for_job("cm-other-0123456789abcdef0123-1") is None
+
+
+def test_publishing_moves_alias_run_and_content_together_or_not_at_all(aws: Aws) -> None:
+    # GIVEN a run that is no longer TRAINING (it failed meanwhile)
+    new_run(aws, V1, status=FAILED)
+    aws.registry.record_attempt("NewYork_NY", SHA, V1)
+    # WHEN it is published on the condition that it is still TRAINING
+    moved = aws.registry.publish(
+        "NewYork_NY", V1, metrics={}, model_key="mme/x.tar.gz", expected_status=[TRAINING]
+    )
+    # THEN nothing changed: no alias, no published run, no published content
+    assert moved is False
+    assert aws.registry.get_city("NewYork_NY").current == ""
+    assert aws.registry.get_run("NewYork_NY", V1).status == FAILED
+    assert aws.registry.versions("NewYork_NY") == []
+    content = aws.registry.get_content("NewYork_NY", SHA)
+    assert content is not None and content.published_version == ""
+    # AND a TRAINING run publishes: served, PUBLISHED with its reason, listed, its content
+    new_run(aws, V2, status=TRAINING)
+    assert aws.registry.publish(
+        "NewYork_NY",
+        V2,
+        metrics={"test:mae": 1.0},
+        model_key="mme/y.tar.gz",
+        reason="gate passed",
+        expected_status=[TRAINING],
+    )
+    run = aws.registry.get_run("NewYork_NY", V2)
+    assert (run.status, run.reason, run.model_key) == (PUBLISHED, "gate passed", "mme/y.tar.gz")
+    assert aws.registry.get_city("NewYork_NY").current == V2
+    assert [v.run for v in aws.registry.versions("NewYork_NY")] == [V2]
+    content = aws.registry.get_content("NewYork_NY", SHA)
+    assert content is not None and content.published_version == V2
 
 
 def test_cities_listing_and_unknown_city(aws: Aws) -> None:

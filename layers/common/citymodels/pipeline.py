@@ -76,6 +76,9 @@ CAPACITY_MAX_DELAY = 900  # SQS's longest message delay
 MAX_CAPACITY_RETRIES = 100
 """About a day of retries (60 s doubling to 900 s): then the run is FAILED, not forgotten."""
 WAITING_FOR_CAPACITY = "waiting for SageMaker capacity"
+THROTTLING_CODES = ("ThrottlingException", "Throttling", "TooManyRequestsException")
+"""SageMaker's answers to too many calls: like a server error (5xx), a job start that
+gets one waits on the retry queue, as for capacity (botocore has already retried)."""
 MAX_REASON_CHARS = 2000
 
 JOB_COMPLETED = "Completed"
@@ -88,12 +91,6 @@ class PipelineError(CityModelsError):
     """Base class of the pipeline's unexpected errors (raised, never recorded)."""
 
     code = "pipeline_error"
-
-
-class JobStartFailed(PipelineError):
-    """SageMaker refused to create a job for a reason other than capacity or a duplicate."""
-
-    code = "job_start_failed"
 
 
 class ModelOverwriteRefused(PipelineError):
@@ -432,6 +429,12 @@ def _error_code(err: ClientError) -> str:
     return str(err.response.get("Error", {}).get("Code", ""))
 
 
+def _transient(err: ClientError) -> bool:
+    """A throttle or a server error: the same request may succeed later."""
+    status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+    return _error_code(err) in THROTTLING_CODES or status >= 500
+
+
 def _error_message(err: ClientError) -> str:
     return str(err.response.get("Error", {}).get("Message", "")) or str(err)
 
@@ -598,10 +601,12 @@ class Pipeline:
         name = job_name(settings.stack, city, report.sha256, attempt)
         input_key = self._copy_input(upload, city, run_id, read)
         # The job's name is on the run before the job exists, so a redelivery (or a
-        # retry after a crash) creates the same job, never a second one.
-        updated = self.registry.update_run(
+        # retry after a crash) creates the same job, never a second one; and the job's
+        # record is written with it, so the job's events always find the run.
+        named = self.registry.name_job(
             city,
             run_id,
+            name,
             expected_status=[PROCESSING],
             sha256=report.sha256,
             attempt=attempt,
@@ -610,9 +615,8 @@ class Pipeline:
             report_key=report_key,
             schema_version=SCHEMA_VERSION,
         )
-        if updated is None:
+        if not named:
             return self._stale(self.registry.get_run(city, run_id), "run already moved on")
-        self.registry.record_job(name, city, run_id)
         return self.start_processing(city, run_id).count("UploadAccepted")
 
     def _reject_key(
@@ -989,13 +993,20 @@ class Pipeline:
         if not gate.passed:
             return self._not_published(record, gate.reason, gate).count("GateRefused")
 
-        if not self.registry.publish(city, run, metrics=run_metrics, model_key=model_key):
-            newest = self.registry.get_city(city).newest_published
-            if newest != run:  # else: published by an earlier try of this same event
-                return self._superseded(record, newest, gate)
-        self.registry.update_run(
-            city, run, expected_status=[TRAINING], status=PUBLISHED, reason=gate.reason
+        # The alias, the run and the content's record move together (one transaction).
+        published = self.registry.publish(
+            city,
+            run,
+            metrics=run_metrics,
+            model_key=model_key,
+            reason=_clip(gate.reason),
+            expected_status=[TRAINING],
         )
+        if not published:
+            latest = self.registry.get_run(city, run)
+            if latest.status != TRAINING:
+                return self._stale(latest, f"the run is {latest.status}")
+            return self._superseded(record, self.registry.get_city(city).newest_published, gate)
         return Outcome(
             Action.PUBLISHED,
             f"{city} now serves version {run}: {gate.reason}",
@@ -1112,6 +1123,7 @@ class Pipeline:
         try:
             create()
         except errors.ResourceInUse:
+            self._clear_reason(record, expected)
             return Outcome.of_run(
                 Action.ALREADY_STARTED,
                 f"{kind} job {name} already exists",
@@ -1121,18 +1133,39 @@ class Pipeline:
         except errors.ResourceLimitExceeded as err:
             return self._wait_for_capacity(kind, record, name, expected, retries, err)
         except ClientError as err:
-            raise JobStartFailed(
-                f"could not create {kind} job {name} for {record.city} run {record.run}: "
-                f"{_error_code(err)}: {_error_message(err)}"
-            ) from err
-        if record.reason:  # e.g. "waiting for SageMaker capacity": no longer true
-            self.registry.update_run(record.city, record.run, expected_status=[expected], reason="")
+            if _transient(err):
+                # botocore retried already: wait on the queue as for capacity, so the
+                # job still starts once SageMaker accepts calls again.
+                return self._wait_for_capacity(kind, record, name, expected, retries, err)
+            # Nothing will ever create this job (a bad request, a missing permission):
+            # the run ends FAILED, with SageMaker's words, rather than wait forever.
+            return self._job_not_created(kind, record, name, expected, err)
+        self._clear_reason(record, expected)
         return Outcome.of_run(
             Action.STARTED,
             f"{kind} job {name} started",
             record,
             job_name=name,
         ).count(metric)
+
+    def _clear_reason(self, record: Run, expected: str) -> None:
+        if record.reason:  # e.g. "waiting for SageMaker capacity": no longer true
+            self.registry.update_run(record.city, record.run, expected_status=[expected], reason="")
+
+    def _job_not_created(
+        self, kind: str, record: Run, name: str, expected: str, err: ClientError
+    ) -> Outcome:
+        reason = _clip(
+            f"{kind} job {name} could not be created: {_error_code(err)}: {_error_message(err)}"
+        )
+        updated = self.registry.update_run(
+            record.city, record.run, expected_status=[expected], status=FAILED, reason=reason
+        )
+        if updated is None:
+            return self._stale(self.registry.get_run(record.city, record.run), "run moved on")
+        return Outcome.of_run(Action.FAILED, reason, record, status=FAILED, job_name=name).count(
+            "JobFailed"
+        )
 
     def _wait_for_capacity(
         self, kind: str, record: Run, name: str, expected: str, retries: int, err: ClientError

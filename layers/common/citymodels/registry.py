@@ -18,6 +18,12 @@ every upload sorts in upload order). The alias moves only forward: :meth:`Regist
 is a conditional write on ``newest_published``, so a run that finishes late never
 replaces a model trained on a newer upload; :meth:`Registry.rollback` pins it back.
 
+Items that must change together change in one DynamoDB transaction, so a crash between
+two writes cannot leave the registry half-updated (docs/design.md §3, "Crash safety"):
+a run and its city's record (:meth:`Registry.create_run`), a run naming its job and the
+job's record (:meth:`Registry.name_job`), and the alias, the run and its content's record
+(:meth:`Registry.publish`).
+
 This module uses only boto3 (present in every Lambda runtime): no pandas, no numpy.
 """
 
@@ -264,6 +270,33 @@ class Registry:
                 return
             kwargs["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
 
+    def _update_request(
+        self,
+        pk: str,
+        sk: str,
+        values: Mapping[str, Any],
+        *,
+        condition: str | None = None,
+        condition_values: Mapping[str, Any] | None = None,
+        condition_names: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """The parameters of an update that sets ``values`` (an UpdateItem call, or one
+        ``Update`` of a transaction)."""
+        names = {f"#a{i}": name for i, name in enumerate(values)}
+        names.update(condition_names or {})
+        attr_values = {f":a{i}": value for i, value in enumerate(values.values())}
+        expression = "SET " + ", ".join(f"#a{i} = :a{i}" for i in range(len(values)))
+        request: dict[str, Any] = {
+            "TableName": self.table_name,
+            "Key": self._item({"pk": pk, "sk": sk}),
+            "UpdateExpression": expression,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": self._item({**attr_values, **(condition_values or {})}),
+        }
+        if condition:
+            request["ConditionExpression"] = condition
+        return request
+
     def _update(
         self,
         pk: str,
@@ -274,22 +307,40 @@ class Registry:
         condition_values: Mapping[str, Any] | None = None,
         condition_names: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
-        names = {f"#a{i}": name for i, name in enumerate(values)}
-        names.update(condition_names or {})
-        attr_values = {f":a{i}": value for i, value in enumerate(values.values())}
-        expression = "SET " + ", ".join(f"#a{i} = :a{i}" for i in range(len(values)))
-        kwargs: dict[str, Any] = {
-            "TableName": self.table_name,
-            "Key": self._item({"pk": pk, "sk": sk}),
-            "UpdateExpression": expression,
-            "ExpressionAttributeNames": names,
-            "ExpressionAttributeValues": self._item({**attr_values, **(condition_values or {})}),
-            "ReturnValues": "ALL_NEW",
-        }
-        if condition:
-            kwargs["ConditionExpression"] = condition
-        answer = self._client.update_item(**kwargs)
+        request = self._update_request(
+            pk,
+            sk,
+            values,
+            condition=condition,
+            condition_values=condition_values,
+            condition_names=condition_names,
+        )
+        answer = self._client.update_item(**request, ReturnValues="ALL_NEW")
         return self._plain(answer.get("Attributes", {}))
+
+    def _transact(self, *updates: Mapping[str, Any]) -> bool:
+        """Make these updates all, or none (one TransactWriteItems call).
+
+        Writes that must happen together are made together, so a crash between them
+        (a Lambda timeout, a lost answer) can never leave half of them done.
+
+        Returns
+        -------
+        bool
+            True when they were made; False when a condition failed (none was made).
+        """
+        try:
+            self._client.transact_write_items(
+                TransactItems=[{"Update": dict(update)} for update in updates]
+            )
+        except self._client.exceptions.TransactionCanceledException as err:
+            reasons = {str(r.get("Code")) for r in err.response.get("CancellationReasons", [])}
+            # Only failed conditions are an answer; a conflict with another transaction
+            # or a throttle is raised, so the event is retried.
+            if reasons - {"None"} != {"ConditionalCheckFailed"}:
+                raise
+            return False
+        return True
 
     @property
     def _condition_failed(self) -> tuple[type[Exception], ...]:
@@ -316,15 +367,16 @@ class Registry:
         """Return every known city, sorted by id."""
         return [_city(item) for item in self._query("CITIES")]
 
-    def _touch_city(self, city: str) -> None:
+    def _touch_city_update(self, city: str) -> dict[str, Any]:
+        """The update that creates the city's record (on its first upload) or dates it."""
         now = now_iso()
-        self._client.update_item(
-            TableName=self.table_name,
-            Key=self._item({"pk": "CITIES", "sk": city}),
-            UpdateExpression="SET city = :city, updated_at = :now, "
+        return {
+            "TableName": self.table_name,
+            "Key": self._item({"pk": "CITIES", "sk": city}),
+            "UpdateExpression": "SET city = :city, updated_at = :now, "
             "created_at = if_not_exists(created_at, :now)",
-            ExpressionAttributeValues=self._item({":city": city, ":now": now}),
-        )
+            "ExpressionAttributeValues": self._item({":city": city, ":now": now}),
+        }
 
     # -- runs ------------------------------------------------------------------------
 
@@ -350,7 +402,9 @@ class Registry:
         """Record a new upload's run; return False if it was already recorded.
 
         The write is conditional on the run not existing: an event delivered twice
-        records one run, and the second delivery learns it is a redelivery.
+        records one run, and the second delivery learns it is a redelivery. The city's
+        record is written in the same transaction, so a city with a run is always
+        known (``GET /cities/{city}``, publishing) whatever happens to the caller.
         """
         validate_city_id(run.city)
         validate_version(run.run)
@@ -358,17 +412,13 @@ class Registry:
         values = {**run.to_dict(), "created_at": now, "updated_at": now}
         values.pop("city", None)
         values.pop("run", None)
-        try:
-            self._update(
-                f"CITY#{run.city}",
-                f"RUN#{run.run}",
-                {"city": run.city, "run": run.run, **values},
-                condition="attribute_not_exists(pk)",
-            )
-        except self._condition_failed:
-            return False
-        self._touch_city(run.city)
-        return True
+        created = self._update_request(
+            f"CITY#{run.city}",
+            f"RUN#{run.run}",
+            {"city": run.city, "run": run.run, **values},
+            condition="attribute_not_exists(pk)",
+        )
+        return self._transact(created, self._touch_city_update(run.city))
 
     def update_run(
         self,
@@ -386,6 +436,23 @@ class Registry:
             When given, update only if the run's status is one of these; returns None
             otherwise (a stale or duplicated event must not move a run backwards).
         """
+        request = self._run_update(city, run, fields, expected_status)
+        try:
+            answer = self._client.update_item(**request, ReturnValues="ALL_NEW")
+        except self._condition_failed as err:
+            if expected_status:
+                return None
+            raise UnknownRun(f"city {city!r} has no run {run!r}", field="version") from err
+        return _run(self._plain(answer.get("Attributes", {})))
+
+    def _run_update(
+        self,
+        city: str,
+        run: str,
+        fields: Mapping[str, Any],
+        expected_status: Sequence[str] | None,
+    ) -> dict[str, Any]:
+        """The update of an existing run's ``fields``, if its status is ``expected_status``."""
         unknown = set(fields) - set(Run.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown run field(s): {sorted(unknown)}")
@@ -397,21 +464,14 @@ class Registry:
             placeholders = [f":s{i}" for i in range(len(expected_status))]
             condition += f" AND #st IN ({', '.join(placeholders)})"
             condition_values = dict(zip(placeholders, expected_status))
-        values = {**fields, "updated_at": now_iso()}
-        try:
-            item = self._update(
-                f"CITY#{validate_city_id(city)}",
-                f"RUN#{validate_version(run)}",
-                values,
-                condition=condition,
-                condition_values=condition_values,
-                condition_names={"#st": "status"} if expected_status else None,
-            )
-        except self._condition_failed as err:
-            if expected_status:
-                return None
-            raise UnknownRun(f"city {city!r} has no run {run!r}", field="version") from err
-        return _run(item)
+        return self._update_request(
+            f"CITY#{validate_city_id(city)}",
+            f"RUN#{validate_version(run)}",
+            {**fields, "updated_at": now_iso()},
+            condition=condition,
+            condition_values=condition_values,
+            condition_names={"#st": "status"} if expected_status else None,
+        )
 
     # -- content (duplicate detection) -----------------------------------------------
 
@@ -439,17 +499,40 @@ class Registry:
         )
         return int(self._plain(answer["Attributes"])["attempts"])
 
-    def _mark_content_published(self, city: str, sha256: str, version: str) -> None:
-        if sha256:
-            self._update(f"CITY#{city}", f"CONTENT#{sha256}", {"published_version": version})
-
     # -- jobs ------------------------------------------------------------------------
 
-    def record_job(self, job_name: str, city: str, run: str) -> None:
-        """Remember which city and run a job belongs to (for its state-change events)."""
-        self._update(
+    def name_job(
+        self,
+        city: str,
+        run: str,
+        job_name: str,
+        *,
+        expected_status: Sequence[str],
+        **fields: Any,
+    ) -> bool:
+        """Set a run's fields that name its job, and remember the job's run, together.
+
+        One transaction: a run never names a job whose state-change events would find
+        no run (the job's Completed event would be dropped and the run never end).
+
+        Parameters
+        ----------
+        city, run, job_name
+            The run, and the job it will start.
+        expected_status
+            Write only if the run's status is one of these.
+        fields
+            The run's fields to set (``processing_job=job_name``, ``input_key``...).
+
+        Returns
+        -------
+        bool
+            False when the run was not in ``expected_status`` (nothing was written).
+        """
+        job = self._update_request(
             f"JOB#{job_name}", "JOB", {"city": validate_city_id(city), "run": validate_version(run)}
         )
+        return self._transact(self._run_update(city, run, fields, expected_status), job)
 
     def run_for_job(self, job_name: str) -> Run | None:
         """Return the run a job belongs to, or None for a job this registry never started."""
@@ -461,41 +544,72 @@ class Registry:
     # -- publishing ------------------------------------------------------------------
 
     def publish(
-        self, city: str, version: str, *, metrics: Mapping[str, float], model_key: str
+        self,
+        city: str,
+        version: str,
+        *,
+        metrics: Mapping[str, float],
+        model_key: str,
+        reason: str = "",
+        expected_status: Sequence[str] | None = None,
     ) -> bool:
         """Move the alias to ``version`` if it is newer than every version ever published.
+
+        The alias, the run (PUBLISHED, with its model) and its content's record (so the
+        same bytes uploaded again are a duplicate of this version) change in one
+        transaction: whatever happens to the caller, the version served is listed,
+        can be rolled back to, and is never trained again.
+
+        Parameters
+        ----------
+        reason
+            The run's reason (the quality gate's verdict).
+        expected_status
+            When given, publish only if the run's status is one of these.
 
         Returns
         -------
         bool
             True when the alias moved; False when a newer version was already published
-            (the run finished late), in which case nothing changes.
+            (the run finished late) or the run was not in ``expected_status``, in which
+            case nothing changes.
+
+        Raises
+        ------
+        UnknownRun
+            The city has no such run.
         """
-        validate_city_id(city)
-        validate_version(version)
+        record = self.get_run(city, version)  # its content hash does not change
         now = now_iso()
-        try:
-            self._update(
-                "CITIES",
-                city,
-                {
-                    "city": city,
-                    "current": version,
-                    "newest_published": version,
-                    "pinned": False,
-                    "removed": False,
-                    "current_metrics": dict(metrics),
-                    "updated_at": now,
-                },
-                condition="attribute_not_exists(newest_published) OR newest_published < :v",
-                condition_values={":v": version},
+        alias = self._update_request(
+            "CITIES",
+            city,
+            {
+                "city": city,
+                "current": version,
+                "newest_published": version,
+                "pinned": False,
+                "removed": False,
+                "current_metrics": dict(metrics),
+                "updated_at": now,
+            },
+            condition="attribute_not_exists(newest_published) OR newest_published < :v",
+            condition_values={":v": version},
+        )
+        run = self._run_update(
+            city,
+            version,
+            {"status": PUBLISHED, "reason": reason, "published_at": now, "model_key": model_key},
+            expected_status,
+        )
+        updates = [alias, run]
+        if record.sha256:
+            updates.append(
+                self._update_request(
+                    f"CITY#{city}", f"CONTENT#{record.sha256}", {"published_version": version}
+                )
             )
-        except self._condition_failed:
-            return False
-        run = self.get_run(city, version)
-        self.update_run(city, version, published_at=now, model_key=model_key)
-        self._mark_content_published(city, run.sha256, version)
-        return True
+        return self._transact(*updates)
 
     def rollback(self, city: str, version: str) -> City:
         """Pin the alias to an earlier published version.
