@@ -29,7 +29,12 @@ from citymodels import layout
 from citymodels.auth import authorizer_policy
 from citymodels.jobs import MAX_STACK_LENGTH, job_name, job_name_prefix
 from citymodels.pipeline import PipelineSettings
-from citymodels.registry import TABLE_KEY_SCHEMA
+from citymodels.registry import (
+    TABLE_KEY_SCHEMA,
+    WATCHED_INDEX,
+    WATCHED_INDEX_KEY_SCHEMA,
+    WATCHED_INDEX_PROJECTION,
+)
 from citymodels.schema import FEATURE_DIM
 from citymodels_devkit.local.template import Resolver, load_yaml
 from tools import gen_layer_requirements, pythons
@@ -374,8 +379,16 @@ def test_registry_table_has_the_registrys_keys() -> None:
     table = properties("RegistryTable")
     assert table["KeySchema"] == list(TABLE_KEY_SCHEMA)
     assert table["AttributeDefinitions"] == [
-        {"AttributeName": k["AttributeName"], "AttributeType": "S"} for k in TABLE_KEY_SCHEMA
+        {"AttributeName": k["AttributeName"], "AttributeType": "S"}
+        for k in (*TABLE_KEY_SCHEMA, *WATCHED_INDEX_KEY_SCHEMA)
     ]
+    # the reconciler's and `citymodels status`'s index, as the registry writes and reads it
+    (index,) = table["GlobalSecondaryIndexes"]
+    assert index == {
+        "IndexName": WATCHED_INDEX,
+        "KeySchema": list(WATCHED_INDEX_KEY_SCHEMA),
+        "Projection": WATCHED_INDEX_PROJECTION,
+    }
     assert table["BillingMode"] == "PAY_PER_REQUEST"
     assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
     assert table["SSESpecification"] == {"SSEEnabled": True}

@@ -279,11 +279,13 @@ class LocalStack:
                     Bucket=spec["name"], VersioningConfiguration={"Status": "Enabled"}
                 )
         for spec in stack.tables.values():
+            indexes = spec.get("GlobalSecondaryIndexes")
             clients.dynamodb.create_table(
                 TableName=spec["name"],
                 KeySchema=spec["KeySchema"],
                 AttributeDefinitions=spec["AttributeDefinitions"],
                 BillingMode="PAY_PER_REQUEST",
+                **({"GlobalSecondaryIndexes": indexes} if indexes else {}),
             )
         for logical_id, spec in stack.queues.items():
             attributes = {
