@@ -85,6 +85,8 @@ class FakeSageMaker(StubbedClient):
         self._accepted: list[tuple[str, dict[str, Any]]] = []
         self.capacity_errors = 0
         """The next N creates answer ResourceLimitExceeded."""
+        self.create_errors: list[AwsError] = []
+        """The next creates answer these errors, in order (throttling, validation...)."""
         self.descriptions: dict[str, dict[str, Any]] = {}
         """Job name → fields added to moto's Describe* answer."""
 
@@ -105,6 +107,8 @@ class FakeSageMaker(StubbedClient):
         kind = "Processing" if "processing" in operation else "Training"
         name = request.get(f"{kind}JobName")
         if operation.startswith("create_"):
+            if self.create_errors:
+                return self.create_errors.pop(0)
             if self.capacity_errors:
                 self.capacity_errors -= 1
                 return AwsError(
@@ -357,6 +361,11 @@ def upload_event(key: str, minute: int, size: int | None) -> UploadEvent:
 
 @pytest.fixture
 def world(aws: Aws, tmp_path: Path) -> World:
+    return make_world(aws, tmp_path)
+
+
+def make_world(aws: Aws, tmp_path: Path) -> World:
+    """The pipeline on moto with its fakes (the ``world`` fixture, for other modules)."""
     sagemaker = FakeSageMaker(aws.sagemaker)
     runtime = FakeRuntime(aws.s3)
     sqs = RecordingSqs(aws.sqs)

@@ -91,9 +91,20 @@ class PipelineError(CityModelsError):
 
 
 class JobStartFailed(PipelineError):
-    """SageMaker refused to create a job for a reason other than capacity or a duplicate."""
+    """SageMaker refused to create a job for a reason other than capacity or a duplicate.
+
+    Attributes
+    ----------
+    error_code
+        SageMaker's error code (``ThrottlingException``, ``ValidationException``...):
+        the reconciler tries again after a throttling, and fails the run otherwise.
+    """
 
     code = "job_start_failed"
+
+    def __init__(self, message: str, *, error_code: str = "") -> None:
+        super().__init__(message)
+        self.error_code = error_code
 
 
 class ModelOverwriteRefused(PipelineError):
@@ -117,6 +128,12 @@ class Action(str, Enum):
     FAILED = "failed"
     PUBLISHED = "published"
     NOT_PUBLISHED = "not_published"
+    RUNNING = "running"
+    """The reconciler found the run's job still running within its own time limit."""
+    STUCK = "stuck"
+    """The reconciler found the run stuck and could not move it on yet (see the message)."""
+    REPLAY_FAILED = "replay_failed"
+    """A FailureQueue message failed again when replayed (it stays in the queue)."""
 
 
 @dataclass
@@ -1123,7 +1140,8 @@ class Pipeline:
         except ClientError as err:
             raise JobStartFailed(
                 f"could not create {kind} job {name} for {record.city} run {record.run}: "
-                f"{_error_code(err)}: {_error_message(err)}"
+                f"{_error_code(err)}: {_error_message(err)}",
+                error_code=_error_code(err),
             ) from err
         if record.reason:  # e.g. "waiting for SageMaker capacity": no longer true
             self.registry.update_run(record.city, record.run, expected_status=[expected], reason="")
