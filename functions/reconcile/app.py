@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -39,4 +40,5 @@ reconciler = Reconciler(Pipeline(SETTINGS), BOUNDS)
 def lambda_handler(event: EventBridgeEvent, context: LambdaContext) -> dict[str, Any]:
     """Run one sweep; return its outcomes."""
     outcomes = reconciler.sweep(time_left=lambda: context.get_remaining_time_in_millis() / 1000)
+    metrics.add_metric(name="ReconcileSweeps", unit=MetricUnit.Count, value=1)  # it runs
     return {"outcomes": [report(outcome, logger, tracer, metrics) for outcome in outcomes]}

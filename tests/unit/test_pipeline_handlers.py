@@ -399,6 +399,7 @@ def test_reconcile_moves_a_stuck_run_on_and_reports_each_decision(
     # AND each decision is a log line and metrics (the stuck-runs alarm's among them)
     logs, metrics = emitted(capsys.readouterr().out)
     assert metrics == {
+        "ReconcileSweeps": 1.0,
         "StuckRuns": 1.0,
         "RunsReconciled": 1.0,
         "TrainingJobStarted": 1.0,
