@@ -87,6 +87,8 @@ class FakeSageMaker(StubbedClient):
         """The next N creates answer ResourceLimitExceeded."""
         self.create_errors: list[AwsError] = []
         """The next creates answer these errors, in order (throttling, validation...)."""
+        self.describe_errors: dict[str, AwsError] = {}
+        """Job name → the error every Describe* of it answers."""
         self.descriptions: dict[str, dict[str, Any]] = {}
         """Job name → fields added to moto's Describe* answer."""
 
@@ -106,6 +108,8 @@ class FakeSageMaker(StubbedClient):
     def _answer(self, operation: str, request: dict[str, Any]) -> dict[str, Any] | AwsError:
         kind = "Processing" if "processing" in operation else "Training"
         name = request.get(f"{kind}JobName")
+        if operation.startswith("describe_") and name in self.describe_errors:
+            return self.describe_errors[str(name)]
         if operation.startswith("create_"):
             if self.create_errors:
                 return self.create_errors.pop(0)

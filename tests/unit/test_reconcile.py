@@ -256,6 +256,37 @@ def test_a_run_whose_job_was_never_named_fails_past_the_hard_bound(world: World)
     assert "no processing job was ever named" in reason
 
 
+def test_a_run_that_cannot_be_decided_does_not_stop_the_sweep_and_fails_in_the_end(
+    world: World,
+) -> None:
+    from citymodels.registry import Run
+
+    # GIVEN the oldest run names a job SageMaker refuses to describe, and a newer run
+    # whose training job completed without its event
+    bad = "20261125T000000000Z-0062E99A88DC40000000000000000000"
+    world.registry.create_run(
+        Run("Boston_MA", bad, "raw/Boston_MA/x.csv", PROCESSING, processing_job="cm-cmtest-x-1")
+    )
+    world.sagemaker.describe_errors["cm-cmtest-x-1"] = AwsError(
+        "AccessDeniedException", 400, "not authorized to perform sagemaker:DescribeProcessingJob"
+    )
+    started = world.upload(body_of(1))
+    world.finish_processing(CITY, started.run)
+    world.write_model(CITY, started.run)
+    # WHEN the reconciler sweeps THEN the bad run is stuck, with the error, and the
+    # other is published all the same
+    stuck, published = sweep(world, STUCK_AFTER + 60)
+    assert (stuck.action, stuck.run) == (Action.STUCK, bad)
+    assert "AccessDeniedException" in stuck.message
+    assert stuck.metrics == {"StuckRuns": 1, "ReconcileErrors": 1}
+    assert (published.action, published.run) == (Action.PUBLISHED, started.run)
+    # AND past the hard bound the bad run is FAILED with the error as its reason
+    (failed,) = sweep(world, FAIL_AFTER + 60)
+    record = world.registry.get_run("Boston_MA", bad)
+    assert (failed.action, record.status) == (Action.FAILED, FAILED)
+    assert "AccessDeniedException" in record.reason
+
+
 # -- the FailureQueue ----------------------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ that failed past its retries, a job that was never created. The reconcile functi
 Every decision is an :class:`~citymodels.pipeline.Outcome` whose metrics the handler
 publishes: ``StuckRuns`` counts the runs found stuck (the ``StuckRunsAlarm`` fires on
 it), ``RunsReconciled`` those moved on, ``StuckRunFailed`` those failed,
+``ReconcileErrors`` those whose decision raised (the sweep goes on with the others),
 ``FailureReplayed`` / ``ReplayFailed`` / ``ReplaySkipped`` the FailureQueue messages.
 """
 
@@ -44,6 +45,7 @@ from botocore.exceptions import ClientError
 
 from citymodels.handlers import ObjectCreated, ProcessingJobStateChange, TrainingJobStateChange
 from citymodels.pipeline import (
+    MAX_REASON_CHARS,
     TERMINAL_JOB_STATUSES,
     WAITING_FOR_CAPACITY,
     Action,
@@ -190,7 +192,10 @@ class Reconciler:
         for watched in self.stuck_runs():
             if _out_of_time(time_left):
                 return outcomes
-            outcomes.append(self.reconcile(watched))
+            try:
+                outcomes.append(self.reconcile(watched))
+            except Exception as err:  # one run's trouble must not block the others for good
+                outcomes.append(self._error(watched, err))
         return outcomes + self.replay_failures(time_left=time_left)
 
     # -- stuck runs ------------------------------------------------------------------
@@ -255,6 +260,36 @@ class Reconciler:
             record, age, f"{kind} job {name} is still {status} past its time limit", name
         )
 
+    def _error(self, watched: WatchedRun, err: Exception) -> Outcome:
+        """A run whose decision raised: stuck until the hard bound, then FAILED with the error.
+
+        Runs are taken longest stuck first: one that always raises would otherwise take
+        a place in every sweep for ever.
+        """
+        why = f"the reconciler could not decide it: {type(err).__name__}: {err}"
+        age = (self._clock() - _parse_iso(watched.since)).total_seconds()
+        outcome = Outcome(
+            Action.STUCK,
+            f"{watched.city} run {watched.run} is stuck in {watched.status}: {why}",
+            city=watched.city,
+            run=watched.run,
+            status=watched.status,
+        )
+        if age > self.settings.fail_after_seconds:
+            reason = f"stuck in {watched.status} for {age / 3600:.1f} h: {why}"
+            updated = self.pipeline.registry.update_run(
+                watched.city,
+                watched.run,
+                expected_status=[watched.status],
+                status=FAILED,
+                reason=reason[:MAX_REASON_CHARS],
+            )
+            if updated is not None:
+                outcome = Outcome(
+                    Action.FAILED, reason, city=watched.city, run=watched.run, status=FAILED
+                ).count("StuckRunFailed")
+        return outcome.count("StuckRuns").count("ReconcileErrors")
+
     def _describe(self, kind: str, name: str) -> Mapping[str, Any] | None:
         """The job's description, or None when SageMaker has no such job."""
         sagemaker = self.pipeline.sagemaker
@@ -315,7 +350,11 @@ class Reconciler:
 
     def _fail(self, record: Run, reason: str, job_name: str) -> Outcome:
         updated = self.pipeline.registry.update_run(
-            record.city, record.run, expected_status=[record.status], status=FAILED, reason=reason
+            record.city,
+            record.run,
+            expected_status=[record.status],
+            status=FAILED,
+            reason=reason[:MAX_REASON_CHARS],
         )
         if updated is None:
             current = self.pipeline.registry.get_run(record.city, record.run)
