@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from citymodels.registry import FINAL, PROCESSING, Registry, Run
 from citymodels_devkit.local.lambdas import scheduled_event
@@ -57,6 +58,14 @@ def wait_for(condition: Any, what: str, timeout: float = 60.0) -> None:
         time.sleep(0.1)
 
 
+def processing_status(sagemaker: Any, name: str) -> str:
+    """The job's status; "" before it exists (its name is on the run before the create)."""
+    try:
+        return str(sagemaker.describe_processing_job(ProcessingJobName=name)["ProcessingJobStatus"])
+    except ClientError:
+        return ""
+
+
 def test_a_run_whose_job_completion_event_was_dropped_is_published(
     stuck_stack: Running,
 ) -> None:
@@ -75,12 +84,7 @@ def test_a_run_whose_job_completion_event_was_dropped_is_published(
         (run,) = runs.list_runs("Austin_TX")
         sagemaker = stuck_stack.client("sagemaker")
         wait_for(
-            lambda: (
-                sagemaker.describe_processing_job(ProcessingJobName=run.processing_job)[
-                    "ProcessingJobStatus"
-                ]
-                == "Completed"
-            ),
+            lambda: processing_status(sagemaker, run.processing_job) == "Completed",
             "the processing job",
         )
         stuck_stack.stack.wait_idle()

@@ -173,19 +173,15 @@ def test_a_job_running_within_its_own_limit_is_left_alone(world: World) -> None:
     assert status_of(world, started.run) == (PROCESSING, "")
 
 
-def test_a_job_running_past_its_limit_is_stuck_then_failed_past_the_hard_bound(
-    world: World,
-) -> None:
+def test_a_job_running_long_past_its_limit_fails_the_run_with_the_reason(world: World) -> None:
+    # GIVEN a job that says InProgress 80 minutes after it started, with a 60-minute limit
+    # (SageMaker would have stopped it: e.g. a local job service restarted under it)
     started = world.upload(body_of(1))
-    running(world, started.job_name, started_seconds_ago=0)
-    (stuck,) = sweep(world, STUCK_AFTER + 3600)
-    assert stuck.action is Action.STUCK
-    assert stuck.metrics == {"StuckRuns": 1}
-    assert status_of(world, started.run) == (PROCESSING, "")
-    (failed,) = sweep(world, FAIL_AFTER + 60)
+    running(world, started.job_name, started_seconds_ago=4800 - (STUCK_AFTER + 60))
+    (failed,) = sweep(world, STUCK_AFTER + 60)
     status, reason = status_of(world, started.run)
     assert (failed.action, status) == (Action.FAILED, FAILED)
-    assert "past its time limit" in reason and "stuck in PROCESSING" in reason
+    assert f"processing job {started.job_name} is still InProgress 1200 s past" in reason
     assert failed.metrics == {"StuckRuns": 1, "StuckRunFailed": 1}
 
 

@@ -13,6 +13,7 @@ that failed past its retries, a job that was never created. The reconcile functi
    | what it finds | decision |
    |---|---|
    | the job runs, within its own ``MaxRuntimeInSeconds`` | left alone (``running``) |
+   | the job runs, 15 minutes past that limit | FAILED (SageMaker would have stopped it) |
    | the job ended (Completed, Failed, Stopped) | handled as its lost state-change event would have been: :meth:`~citymodels.pipeline.Pipeline.on_processing_state` / ``on_training_state`` |
    | no job, the run waits for SageMaker capacity | left to the capacity retry |
    | no job | created again by ``start_processing`` / ``start_training``, the retry function's idempotent path; an error other than throttling fails the run with it |
@@ -256,9 +257,15 @@ class Reconciler:
                     record,
                     job_name=name,
                 )
-        return self._stuck(
-            record, age, f"{kind} job {name} is still {status} past its time limit", name
-        )
+            # SageMaker stops a job at its limit: one still running long after will not
+            # end by itself (e.g. a local job service restarted under it).
+            return self._fail(
+                record,
+                f"{kind} job {name} is still {status} {running - limit:.0f} s past its "
+                f"MaxRuntimeInSeconds ({limit:.0f} s)",
+                name,
+            )
+        return self._stuck(record, age, f"{kind} job {name} is {status} with no time limit", name)
 
     def _error(self, watched: WatchedRun, err: Exception) -> Outcome:
         """A run whose decision raised: stuck until the hard bound, then FAILED with the error.
