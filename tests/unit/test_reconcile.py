@@ -188,24 +188,32 @@ def test_a_job_running_long_past_its_limit_fails_the_run_with_the_reason(world: 
 # -- a job that was never created --------------------------------------------------------
 
 
-def test_a_training_job_never_created_after_throttling_is_created_again(world: World) -> None:
-    # GIVEN the train function's CreateTrainingJob throttled past its retries
+def training_never_created(world: World) -> Outcome:
+    """A run TRAINING whose training job was never created: what a train function leaves
+    that recorded TRAINING and then failed (or crashed) on CreateTrainingJob."""
     started = world.upload(body_of(1))
-    world.sagemaker.create_errors = [THROTTLED]
-    with pytest.raises(Exception, match="ThrottlingException"):
-        world.finish_processing(CITY, started.run)
-    assert status_of(world, started.run)[0] == TRAINING
+    world.write_processed(CITY, started.run)
+    world.registry.update_run(
+        CITY,
+        started.run,
+        expected_status=[PROCESSING],
+        status=TRAINING,
+        training_job=started.job_name,
+    )
+    return started
+
+
+def test_a_training_job_never_created_is_created_again(world: World) -> None:
+    started = training_never_created(world)
     # WHEN the reconciler sweeps THEN it creates the job through the retry's path
     (outcome,) = sweep(world, STUCK_AFTER + 60)
     assert outcome.action is Action.STARTED
     assert [r["TrainingJobName"] for r in world.sagemaker.training_requests] == [started.job_name]
+    assert status_of(world, started.run) == (TRAINING, "")
 
 
 def test_a_job_refused_as_invalid_fails_the_run_with_the_error(world: World) -> None:
-    started = world.upload(body_of(1))
-    world.sagemaker.create_errors = [INVALID]
-    with pytest.raises(Exception, match="ValidationException"):
-        world.finish_processing(CITY, started.run)
+    started = training_never_created(world)
     world.sagemaker.create_errors = [INVALID]
     (outcome,) = sweep(world, STUCK_AFTER + 60)
     status, reason = status_of(world, started.run)
@@ -213,17 +221,17 @@ def test_a_job_refused_as_invalid_fails_the_run_with_the_error(world: World) -> 
     assert "ValidationException: 1 validation error detected: RoleArn" in reason
 
 
-def test_a_job_still_throttled_waits_for_the_next_sweep_then_fails(world: World) -> None:
-    started = world.upload(body_of(1))
-    world.sagemaker.create_errors = [THROTTLED, THROTTLED]
-    with pytest.raises(Exception, match="ThrottlingException"):
-        world.finish_processing(CITY, started.run)
-    (outcome,) = sweep(world, STUCK_AFTER + 60)
-    assert (outcome.action, status_of(world, started.run)[0]) == (Action.STUCK, TRAINING)
+def test_a_job_still_throttled_is_not_failed_until_the_hard_bound(world: World) -> None:
+    started = training_never_created(world)
+    world.sagemaker.create_errors = [THROTTLED]
+    sweep(world, STUCK_AFTER + 60)
+    # the run waits (for the next sweep, or the capacity retry): not FAILED for a throttle
+    assert status_of(world, started.run)[0] == TRAINING
+    world.sagemaker.create_errors = [THROTTLED]
     (outcome,) = sweep(world, FAIL_AFTER + 60)
     status, reason = status_of(world, started.run)
     assert (outcome.action, status) == (Action.FAILED, FAILED)
-    assert "was never created" in reason
+    assert started.job_name in reason and "stuck in TRAINING" in reason
 
 
 def test_a_run_waiting_for_capacity_is_left_to_the_capacity_retry(world: World) -> None:
@@ -355,18 +363,37 @@ def test_what_is_no_pipeline_event_stays_in_the_queue_for_a_person(
 
 
 def test_a_replay_that_fails_again_stays_in_the_queue(world: World) -> None:
-    # GIVEN a processing job's Completed event whose training job SageMaker still throttles
+    # GIVEN a training job's Completed event whose model is not in S3 (yet)
     started = world.upload(body_of(1))
-    world.write_processed(CITY, started.run)
-    event = load_event("processing_completed")
-    event["detail"]["ProcessingJobName"] = started.job_name
-    send_failure(world, on_failure_record(event, "train"))
-    world.sagemaker.create_errors = [THROTTLED]
+    world.finish_processing(CITY, started.run)
+    event = load_event("training_completed")
+    event["detail"]["TrainingJobName"] = started.job_name
+    send_failure(world, on_failure_record(event, "publish"))
+    # WHEN it is replayed THEN the publish fails again, and the message stays, hidden
     (outcome,) = sweep(world, 0)
     assert outcome.action is Action.REPLAY_FAILED
     assert outcome.metrics == {"ReplayFailed": 1}
-    assert "ThrottlingException" in outcome.message
+    assert "404" in outcome.message or "Not Found" in outcome.message
     assert queued(world) == [{"visible": 0, "hidden": 1}]
+    assert status_of(world, started.run)[0] == TRAINING
+
+
+def test_a_run_the_index_still_lists_under_an_old_status_is_taken_out(world: World) -> None:
+    # GIVEN a run published by a write that left its index attributes behind
+    started = world.upload(body_of(1))
+    world.aws.dynamodb.update_item(
+        TableName=TABLE,
+        Key={"pk": {"S": f"CITY#{CITY}"}, "sk": {"S": f"RUN#{started.run}"}},
+        UpdateExpression="SET #s = :p",
+        ExpressionAttributeNames={"#s": "status"},
+        ExpressionAttributeValues={":p": {"S": PUBLISHED}},
+    )
+    assert world.registry.count_watched(PROCESSING) == 1
+    # WHEN the reconciler finds it THEN it leaves the run as it is, and out of the index
+    (outcome,) = sweep(world, STUCK_AFTER + 60)
+    assert outcome.action is Action.STALE
+    assert status_of(world, started.run)[0] == PUBLISHED
+    assert world.registry.count_watched(PROCESSING) == 0
 
 
 def test_a_sweep_replays_at_most_its_bound(world: World) -> None:

@@ -91,20 +91,9 @@ class PipelineError(CityModelsError):
 
 
 class JobStartFailed(PipelineError):
-    """SageMaker refused to create a job for a reason other than capacity or a duplicate.
-
-    Attributes
-    ----------
-    error_code
-        SageMaker's error code (``ThrottlingException``, ``ValidationException``...):
-        the reconciler tries again after a throttling, and fails the run otherwise.
-    """
+    """SageMaker refused to create a job for a reason other than capacity or a duplicate."""
 
     code = "job_start_failed"
-
-    def __init__(self, message: str, *, error_code: str = "") -> None:
-        super().__init__(message)
-        self.error_code = error_code
 
 
 class ModelOverwriteRefused(PipelineError):
@@ -1140,8 +1129,7 @@ class Pipeline:
         except ClientError as err:
             raise JobStartFailed(
                 f"could not create {kind} job {name} for {record.city} run {record.run}: "
-                f"{_error_code(err)}: {_error_message(err)}",
-                error_code=_error_code(err),
+                f"{_error_code(err)}: {_error_message(err)}"
             ) from err
         if record.reason:  # e.g. "waiting for SageMaker capacity": no longer true
             self.registry.update_run(record.city, record.run, expected_status=[expected], reason="")

@@ -19,6 +19,7 @@ that failed past its retries, a job that was never created. The reconcile functi
    | no job | created again by ``start_processing`` / ``start_training``, the retry function's idempotent path; an error other than throttling fails the run with it |
    | no job named (onboard never got that far) | left to the replay of its upload event (below) |
    | still stuck past ``fail_after_seconds`` | FAILED, with the reason |
+   | no longer in the status the index lists | index attributes written again |
 
 2. replays up to ``max_replays`` messages of the FailureQueue: Lambda OnFailure records
    of onboard, train and publish (the original event is in ``requestPayload``), events
@@ -50,7 +51,6 @@ from citymodels.pipeline import (
     TERMINAL_JOB_STATUSES,
     WAITING_FOR_CAPACITY,
     Action,
-    JobStartFailed,
     Outcome,
     Pipeline,
     PipelineError,
@@ -137,11 +137,14 @@ def _parse_iso(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def _error_code(err: ClientError) -> str:
+    return str(err.response.get("Error", {}).get("Code", ""))
+
+
 def _not_found(err: ClientError) -> bool:
     """Whether a Describe*Job error says the job does not exist (SageMaker answers
     ValidationException "Could not find ..."; no modelled exception)."""
-    error = err.response.get("Error", {})
-    code, message = str(error.get("Code", "")), str(error.get("Message", ""))
+    code, message = _error_code(err), str(err.response.get("Error", {}).get("Message", ""))
     return code == "ResourceNotFound" or (
         code == "ValidationException" and bool(_NOT_FOUND.search(message))
     )
@@ -218,7 +221,12 @@ class Reconciler:
         """Decide one run found in flight past the bound (the table in the module's docstring)."""
         registry = self.pipeline.registry
         record = registry.get_run(watched.city, watched.run)
-        if record.status != watched.status:  # the index lags the table; the run moved on
+        if record.status != watched.status:
+            # The index lags the table (the run moved on since), or a status was written
+            # without its index attributes: write them for the run's status as it is.
+            registry.update_run(
+                record.city, record.run, expected_status=[record.status], status=record.status
+            )
             return Outcome.of_run(
                 Action.STALE, f"{record.city} run {record.run} is {record.status} now", record
             )
@@ -332,8 +340,12 @@ class Reconciler:
         )
         try:
             outcome = start(record.city, record.run)
-        except JobStartFailed as err:
-            if err.error_code in RETRYABLE_START_ERRORS:
+        except PipelineError as err:
+            # SageMaker refused the create (a pipeline that raises rather than decides):
+            # the next sweep tries a throttled create again; anything else never works.
+            cause = err.__cause__
+            code = _error_code(cause) if isinstance(cause, ClientError) else ""
+            if code in RETRYABLE_START_ERRORS:
                 return self._stuck(record, age, err.message, name)
             return self._fail(record, err.message, name)
         return outcome.count("StuckRuns").count("RunsReconciled")
