@@ -23,7 +23,13 @@ from botocore.response import StreamingBody
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from citymodels.registry import TABLE_KEY_SCHEMA, Registry
+from citymodels.registry import (
+    TABLE_KEY_SCHEMA,
+    WATCHED_INDEX,
+    WATCHED_INDEX_KEY_SCHEMA,
+    WATCHED_INDEX_PROJECTION,
+    Registry,
+)
 
 REGION = "us-east-1"
 STACK = "cmtest"
@@ -65,13 +71,18 @@ def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def create_registry_table(dynamodb: Any, name: str = TABLE) -> None:
-    """Create the registry table with the key schema the code defines."""
+    """Create the registry table with the key schema and the index the code defines."""
+    keys = [a["AttributeName"] for a in (*TABLE_KEY_SCHEMA, *WATCHED_INDEX_KEY_SCHEMA)]
     dynamodb.create_table(
         TableName=name,
         KeySchema=list(TABLE_KEY_SCHEMA),
-        AttributeDefinitions=[
-            {"AttributeName": "pk", "AttributeType": "S"},
-            {"AttributeName": "sk", "AttributeType": "S"},
+        AttributeDefinitions=[{"AttributeName": key, "AttributeType": "S"} for key in keys],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": WATCHED_INDEX,
+                "KeySchema": list(WATCHED_INDEX_KEY_SCHEMA),
+                "Projection": WATCHED_INDEX_PROJECTION,
+            }
         ],
         BillingMode="PAY_PER_REQUEST",
     )

@@ -5,9 +5,10 @@ answers whether a function's policy in ``template.yaml`` lets it call a DynamoDB
 items of a partition, and :func:`enforce` makes a boto3 DynamoDB client refuse, with
 ``AccessDeniedException`` as AWS would, every call the policy of the function acting at
 the moment does not allow. Only what the template uses is understood (Allow and Deny
-statements on the table, ``dynamodb:LeadingKeys`` under ``ForAllValues:StringLike`` or
-``ForAllValues:StringEquals``, the SAM DynamoDB policy templates); anything else fails
-the test rather than being guessed at.
+statements on the table or its ``watched-runs`` index, ``dynamodb:LeadingKeys`` under
+``ForAllValues:StringLike`` or ``ForAllValues:StringEquals``, the SAM DynamoDB policy
+templates); anything else fails the test rather than being guessed at. On an index,
+``dynamodb:LeadingKeys`` is the index's partition key, as IAM evaluates it for a Query.
 """
 
 from __future__ import annotations
@@ -22,10 +23,17 @@ from typing import Any
 from botocore.exceptions import ClientError
 from botocore.model import OperationModel
 
+from citymodels.registry import TABLE_KEY_SCHEMA, WATCHED_INDEX, WATCHED_INDEX_KEY_SCHEMA
 from citymodels_devkit.local.template import load_yaml
 
 TEMPLATE = load_yaml(Path(__file__).resolve().parents[1] / "template.yaml")
 TABLE_ARN = {"Fn::GetAtt": ["RegistryTable", "Arn"]}
+INDEX_ARNS = {WATCHED_INDEX: {"Fn::Sub": f"${{RegistryTable.Arn}}/index/{WATCHED_INDEX}"}}
+"""The table's indexes, as the template names them in a statement's Resource."""
+HASH_KEYS = {
+    None: TABLE_KEY_SCHEMA[0]["AttributeName"],
+    WATCHED_INDEX: WATCHED_INDEX_KEY_SCHEMA[0]["AttributeName"],
+}
 
 WRITE_ACTIONS = (
     "PutItem",
@@ -50,8 +58,10 @@ def _listed(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def statements(logical_id: str) -> list[dict[str, Any]]:
-    """The function's statements on the registry table (SAM templates expanded)."""
+def statements(logical_id: str, index: str | None = None) -> list[dict[str, Any]]:
+    """The function's statements on the registry table, or on one of its indexes (SAM
+    templates expanded: they grant the table and its indexes alike)."""
+    resource = TABLE_ARN if index is None else INDEX_ARNS[index]
     found = []
     for policy in TEMPLATE["Resources"][logical_id]["Properties"].get("Policies", []):
         if not isinstance(policy, dict):
@@ -60,7 +70,7 @@ def statements(logical_id: str) -> list[dict[str, Any]]:
             if name in policy:
                 found.append({"Effect": "Allow", "Action": [f"dynamodb:{a}" for a in actions]})
         for statement in policy.get("Statement", []):
-            if TABLE_ARN in _listed(statement["Resource"]):
+            if resource in _listed(statement["Resource"]):
                 found.append(statement)
     return found
 
@@ -80,10 +90,11 @@ def _leading_keys_match(statement: dict[str, Any], keys: list[str]) -> bool:
     return True
 
 
-def allowed(logical_id: str, action: str, keys: list[str]) -> bool:
-    """Whether the function may call ``dynamodb:{action}`` on items of these partitions."""
+def allowed(logical_id: str, action: str, keys: list[str], index: str | None = None) -> bool:
+    """Whether the function may call ``dynamodb:{action}`` on items of these partitions
+    (of the table, or of ``index``)."""
     verdict = False
-    for statement in statements(logical_id):
+    for statement in statements(logical_id, index):
         if not any(fnmatchcase(f"dynamodb:{action}", a) for a in _listed(statement["Action"])):
             continue
         if not _leading_keys_match(statement, keys):
@@ -98,16 +109,20 @@ def _pk(item: dict[str, Any]) -> str:
     return str(item["pk"]["S"])
 
 
-def requested(operation: str, params: dict[str, Any]) -> list[tuple[str, list[str]]]:
-    """The (action, partition keys) pairs IAM authorizes for one DynamoDB call."""
+def requested(operation: str, params: dict[str, Any]) -> list[tuple[str, list[str], str | None]]:
+    """The (action, partition keys, index or None) IAM authorizes for one DynamoDB call."""
     if operation in ("GetItem", "UpdateItem", "DeleteItem"):
-        return [(operation, [_pk(params["Key"])])]
+        return [(operation, [_pk(params["Key"])], None)]
     if operation == "PutItem":
-        return [(operation, [_pk(params["Item"])])]
+        return [(operation, [_pk(params["Item"])], None)]
     if operation == "Query":
-        match = re.search(r"\bpk\s*=\s*(:\w+)", params["KeyConditionExpression"])
+        index = params.get("IndexName")
+        assert index in HASH_KEYS, f"a Query of an index the template does not grant: {index}"
+        key = re.escape(HASH_KEYS[index])
+        match = re.search(rf"\b{key}\s*=\s*(:\w+)", params["KeyConditionExpression"])
         assert match, params["KeyConditionExpression"]
-        return [(operation, [str(params["ExpressionAttributeValues"][match.group(1)]["S"])])]
+        value = str(params["ExpressionAttributeValues"][match.group(1)]["S"])
+        return [(operation, [value], index)]
     if operation in ("TransactWriteItems", "TransactGetItems"):
         actions = {
             "Put": ("PutItem", "Item"),
@@ -116,14 +131,14 @@ def requested(operation: str, params: dict[str, Any]) -> list[tuple[str, list[st
             "ConditionCheck": ("ConditionCheckItem", "Key"),
             "Get": ("GetItem", "Key"),
         }
-        pairs = []
+        pairs: list[tuple[str, list[str], str | None]] = []
         for entry in params["TransactItems"]:
             ((kind, body),) = entry.items()
             action, field = actions[kind]
-            pairs.append((action, [_pk(body[field])]))
+            pairs.append((action, [_pk(body[field])], None))
         return pairs
     # Batch calls, Scan and the rest: checked on the action alone (no leading key).
-    return [(operation, [])]
+    return [(operation, [], params.get("IndexName"))]
 
 
 @contextmanager
@@ -139,14 +154,14 @@ def enforce(client: Any) -> Iterator[list[str]]:
     def check(params: dict[str, Any], model: OperationModel, **_: Any) -> None:
         if not acting[0]:
             return
-        for action, keys in requested(model.name, params):
-            if not allowed(acting[0], action, keys):
+        for action, keys, index in requested(model.name, params):
+            if not allowed(acting[0], action, keys, index):
                 raise ClientError(
                     {
                         "Error": {
                             "Code": "AccessDeniedException",
                             "Message": f"{acting[0]} is not authorized to perform "
-                            f"dynamodb:{action} on partition(s) {keys}",
+                            f"dynamodb:{action} on partition(s) {keys} of {index or 'the table'}",
                         }
                     },
                     model.name,

@@ -34,6 +34,7 @@ FUNCTIONS = {
     "TrainFunction": "train",
     "PublishFunction": "publish",
     "RetryFunction": "retry",
+    "ReconcileFunction": "reconcile",
     "PredictFunction": "predict",
     "AuthorizeFunction": "authorize",
     "BootstrapFunction": "bootstrap",

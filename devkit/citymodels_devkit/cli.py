@@ -387,6 +387,7 @@ def _status(args: argparse.Namespace) -> int:
         data = operations.city_detail(registry, args.city)
     else:
         data = {"cities": operations.cities_overview(registry)}
+        data["runs"] = operations.run_counts(registry, stuck_after_seconds=args.stuck_after)
         bucket = stack.outputs.get("DataBucket")
         if bucket:
             data["rejected_keys"] = operations.rejected_keys(stack.client("s3"), bucket)
@@ -400,6 +401,7 @@ def _status(args: argparse.Namespace) -> int:
         _render_city(data, _stack_flags(args))
     else:
         _render_cities(data["cities"], _stack_flags(args))
+        _render_run_counts(data["runs"])
     if "rejected_keys" in data:
         _render_rejected_keys(data["rejected_keys"], _stack_flags(args))
     if "failure_queue" in data:
@@ -459,6 +461,23 @@ def _render_cities(cities: list[dict[str, Any]], flags: str) -> None:
             _text(_when(newest.get("created_at"))),
         )
     console.print(table)
+
+
+def _render_run_counts(counts: dict[str, Any]) -> None:
+    bound = counts["stuck_after_seconds"] / 60
+    line = _text(f"runs: {counts['in_flight']} in flight, ")
+    line.append(f"{counts['stuck']} stuck", "red" if counts["stuck"] else "")
+    line.append(f" (in flight over {bound:g} min), ")
+    line.append(f"{counts['failed']} failed", "red" if counts["failed"] else "")
+    _out().print(line, soft_wrap=True)
+    if counts["stuck"]:
+        _out().print(
+            _text(
+                "  the reconcile function moves stuck runs on, or fails them with a reason, "
+                "on its next sweep (template parameter ReconcileRate)"
+            ),
+            soft_wrap=True,
+        )
 
 
 def _render_rejected_keys(rejected: dict[str, Any], flags: str) -> None:
@@ -1094,15 +1113,23 @@ def _add_operator_commands(commands: Any) -> None:
     status = command(
         "status",
         _status,
-        help="cities and their uploads, and the failure queue",
+        help="cities and their uploads, stuck and failed runs, and the failure queue",
         description=(
-            "Without CITY: every city, the version it serves and its newest upload. With "
-            "CITY: its uploads newest first (key, run, status, reason, attempt, metrics). "
-            "Also the messages waiting in the failure queue when the stack has one "
-            "(output FailureQueueUrl); looking does not remove them."
+            "Without CITY: every city, the version it serves and its newest upload, and "
+            "how many runs are in flight, stuck (in flight longer than --stuck-after) and "
+            "failed. With CITY: its uploads newest first (key, run, status, reason, "
+            "attempt, metrics). Also the messages waiting in the failure queue when the "
+            "stack has one (output FailureQueueUrl); looking does not remove them."
         ),
     )
     status.add_argument("city", metavar="CITY", nargs="?", help="one city's uploads")
+    status.add_argument(
+        "--stuck-after",
+        type=float,
+        metavar="SECONDS",
+        help="a run in flight longer than this counts as stuck (default: the template's "
+        "StuckRunSeconds, 5400)",
+    )
 
     report = command(
         "report",

@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,16 @@ from citymodels.auth import target_model_policy, validate_patterns
 from citymodels.cities import validate_city_id
 from citymodels.errors import CityModelsError, InvalidRecord, InvalidUpload
 from citymodels.layout import RAW_PREFIX, raw_key
-from citymodels.registry import DUPLICATE, FINAL, PUBLISHED, ApiKey, Registry, Run
+from citymodels.registry import (
+    DUPLICATE,
+    FAILED,
+    FINAL,
+    IN_PROGRESS,
+    PUBLISHED,
+    ApiKey,
+    Registry,
+    Run,
+)
 from citymodels.schema import COLUMNS, FEATURES, FLAG_FEATURES, LABEL, parse_flag, parse_number
 from citymodels.validation import ValidationReport, validate_upload
 from citymodels_devkit.api_client import ApiCallFailed, ApiClient
@@ -245,6 +255,37 @@ def cities_overview(registry: Registry) -> list[dict[str, Any]]:
             }
         )
     return overview
+
+
+DEFAULT_STUCK_AFTER_SECONDS = 5400.0
+"""The template's ``StuckRunSeconds`` default: a run in flight longer is *stuck*."""
+
+
+def run_counts(
+    registry: Registry,
+    *,
+    stuck_after_seconds: float | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Return how many runs are in flight, stuck (in flight longer than the bound), failed.
+
+    The bound defaults to :data:`DEFAULT_STUCK_AFTER_SECONDS`.
+
+    Counted on the registry's ``watched-runs`` index (a Query per status, never a scan
+    of every upload). A stuck run is one the reconciler examines on its next sweep: it
+    moves it on, fails it with a reason, or leaves it while its job still runs.
+    """
+    if stuck_after_seconds is None:
+        stuck_after_seconds = DEFAULT_STUCK_AFTER_SECONDS
+    moment = now or datetime.now(UTC)
+    cutoff = (moment - timedelta(seconds=stuck_after_seconds)).isoformat(timespec="milliseconds")
+    cutoff = cutoff.replace("+00:00", "Z")
+    return {
+        "in_flight": sum(registry.count_watched(status) for status in IN_PROGRESS),
+        "stuck": sum(registry.count_watched(status, before=cutoff) for status in IN_PROGRESS),
+        "failed": registry.count_watched(FAILED),
+        "stuck_after_seconds": stuck_after_seconds,
+    }
 
 
 def city_detail(registry: Registry, city: str) -> dict[str, Any]:

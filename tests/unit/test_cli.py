@@ -16,6 +16,7 @@ import time
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,9 @@ from botocore.stub import Stubber
 from citymodels.registry import FAILED, PUBLISHED, REJECTED, Registry, Run, hash_secret
 from citymodels.versions import mint_version
 from citymodels_devkit import cli
+from citymodels_devkit.local.template import load_yaml
 from citymodels_devkit.operations import empty_bucket
+from citymodels_devkit.paths import REPO_ROOT
 from citymodels_devkit.stack import StackError, StackOutputs, explain_aws_error, find_outputs
 from tests.aws import BUCKET, ENDPOINT, REGION, TABLE, Aws
 from tests.conftest import raw_rows, upload
@@ -36,6 +39,7 @@ from tests.conftest import raw_rows, upload
 V1 = mint_version("2026-11-25T01:00:00Z", "01")
 V2 = mint_version("2026-11-25T02:00:00Z", "02")
 V3 = mint_version("2026-11-25T03:00:00Z", "03")
+V4 = mint_version("2026-11-25T04:00:00Z", "04")
 CITY = "NewYork_NY"
 HOUSE = [
     "YEAR_BUILT=1995",
@@ -320,6 +324,35 @@ def test_status_shows_cities_uploads_and_the_failure_queue(run, aws: Aws, output
     uploads = run("status", CITY, "--outputs", outputs).out.split("\n", 1)[1]
     assert "[Errno 28]" in uploads  # a reason is text, never rich markup
     assert uploads.index(V2) < uploads.index(V1)
+
+
+def test_status_counts_runs_in_flight_stuck_and_failed(run, aws: Aws, outputs: Path):
+    # GIVEN two runs in flight (one of them a second), a failed one and a published one
+    seed_published(aws, V1, 9512.0)
+    seed_run(aws, V2, FAILED, reason="AlgorithmError: no space")
+    seed_run(aws, V3, "TRAINING", city="Chicago_IL")
+    seed_run(aws, V4, "PROCESSING", city="Boston_MA")
+    # WHEN status is asked with a bound the newest run in flight is still within
+    since = {w.run: w.since for w in aws.registry.watched_runs("PROCESSING")}[V4]
+    age = datetime.now(UTC) - datetime.fromisoformat(since.replace("Z", "+00:00"))
+    bound = str(age.total_seconds() + 3600)  # V4, and V3 seeded just before, are younger
+    counts = run("status", "--outputs", outputs, "--json", "--stuck-after", bound).json()["runs"]
+    # THEN both count in flight, none stuck, one failed
+    assert {k: counts[k] for k in ("in_flight", "stuck", "failed")} == {
+        "in_flight": 2, "stuck": 0, "failed": 1,
+    }  # fmt: skip
+    # WHEN the bound is 0 s THEN every run in flight is stuck, and the table says so
+    counts = run("status", "--outputs", outputs, "--json", "--stuck-after", "0").json()["runs"]
+    assert (counts["stuck"], counts["stuck_after_seconds"]) == (2, 0)
+    table = run("status", "--outputs", outputs, "--stuck-after", "0").out
+    assert "runs: 2 in flight, 2 stuck (in flight over 0 min), 1 failed" in table
+    assert "reconcile" in table
+    # AND by default the bound is the template's StuckRunSeconds
+    default = run("status", "--outputs", outputs, "--json").json()["runs"]
+    assert default["stuck_after_seconds"] == float(
+        load_yaml(REPO_ROOT / "template.yaml")["Parameters"]["StuckRunSeconds"]["Default"]
+    )
+    assert default["stuck"] == 0
 
 
 def describe_stacks_answer(name: str, outputs: dict[str, str]) -> dict[str, Any]:

@@ -8,6 +8,9 @@ key-management path (the CLI, with its caller's credentials) may do.
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from aws_lambda_powertools.utilities.data_classes.api_gateway_authorizer_event import (
     parse_api_gateway_arn,
@@ -17,10 +20,12 @@ from botocore.exceptions import ClientError
 from citymodels import api
 from citymodels.endpoint import EndpointClient
 from citymodels.pipeline import Action, RetryMessage
-from citymodels.registry import PUBLISHED
-from tests.aws import ENDPOINT
+from citymodels.reconcile import Reconciler, ReconcileSettings
+from citymodels.registry import FAILED, PROCESSING, PUBLISHED, TRAINING, WATCHED_INDEX
+from tests.aws import ENDPOINT, TABLE
 from tests.iam import TEMPLATE, WRITE_ACTIONS, allowed, enforce, statements
 from tests.unit.test_pipeline import CITY, World, body_of, world  # noqa: F401 - fixture
+from tests.unit.test_reconcile import on_failure_record, upload_event_for
 
 FUNCTIONS = sorted(
     name
@@ -42,8 +47,22 @@ def test_no_function_can_write_an_api_key(logical_id: str) -> None:
         for action in WRITE_ACTIONS:
             assert not allowed(logical_id, action, [partition]), (logical_id, action, partition)
     # and nothing has the whole table: every statement names its partitions
-    for statement in statements(logical_id):
+    for statement in statements(logical_id) + statements(logical_id, WATCHED_INDEX):
         assert "dynamodb:LeadingKeys" in str(statement.get("Condition")), statement
+    # and no function scans the table or the index (a request path or a sweep that
+    # would read every upload of every city)
+    for index in (None, WATCHED_INDEX):
+        assert not allowed(logical_id, "Scan", [], index), (logical_id, index)
+
+
+def test_only_the_reconciler_reads_the_index_and_only_runs_in_flight() -> None:
+    readers = {f for f in FUNCTIONS if statements(f, WATCHED_INDEX)}
+    assert readers == {"ReconcileFunction"}
+    for status in (PROCESSING, TRAINING):
+        assert allowed("ReconcileFunction", "Query", [status], WATCHED_INDEX)
+    assert not allowed("ReconcileFunction", "Query", [FAILED], WATCHED_INDEX)
+    for action in WRITE_ACTIONS:
+        assert not allowed("ReconcileFunction", action, [PROCESSING], WATCHED_INDEX)
 
 
 def test_the_authorizer_only_reads_api_keys() -> None:
@@ -117,3 +136,36 @@ def test_every_function_path_works_within_its_policy(world: World) -> None:  # n
         with pytest.raises(ClientError, match="AccessDenied"):
             registry.revoke_key("k1")
     assert registry.get_run(CITY, first.run).status == PUBLISHED
+
+
+def test_the_reconcilers_decisions_and_replays_work_within_its_policy(world: World) -> None:  # noqa: F811
+    later = datetime.now(UTC) + timedelta(hours=2)
+    reconciler = Reconciler(
+        world.pipeline,
+        ReconcileSettings(5400, 129_600, world.aws.failure_queue_url),
+        sqs=world.aws.sqs,
+        clock=lambda: later,
+    )
+    # GIVEN a run whose processing job completed but whose event found no run (no JOB#),
+    # and a run whose training job completed but whose event was lost
+    first = world.upload(body_of(1), minute=1)
+    world.aws.dynamodb.delete_item(
+        TableName=TABLE, Key={"pk": {"S": f"JOB#{first.job_name}"}, "sk": {"S": "JOB"}}
+    )
+    world.write_processed(CITY, first.run)
+    second = world.upload(body_of(2), minute=2, city="Boston_MA")
+    world.finish_processing("Boston_MA", second.run)
+    world.write_model("Boston_MA", second.run)
+    # AND an onboard failure waiting in the FailureQueue
+    world.aws.sqs.send_message(
+        QueueUrl=world.aws.failure_queue_url,
+        MessageBody=json.dumps(on_failure_record(upload_event_for(world, body_of(3)), "onboard")),
+    )
+    with enforce(world.aws.dynamodb) as acting:
+        # WHEN the reconciler sweeps, as the ReconcileFunction
+        acting[0] = "ReconcileFunction"
+        outcomes = reconciler.sweep()
+    # THEN every call was allowed, and each run moved on
+    assert sorted(o.action.value for o in outcomes) == ["published", "started", "started"]
+    assert world.registry.get_run(CITY, first.run).status == TRAINING
+    assert world.registry.get_run("Boston_MA", second.run).status == PUBLISHED

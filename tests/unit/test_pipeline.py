@@ -86,7 +86,9 @@ class FakeSageMaker(StubbedClient):
         self.capacity_errors = 0
         """The next N creates answer ResourceLimitExceeded."""
         self.create_errors: list[AwsError] = []
-        """Answers of the next creates (then: as usual)."""
+        """Answers of the next creates, in order (throttling, validation...; then: as usual)."""
+        self.describe_errors: dict[str, AwsError] = {}
+        """Job name → the error every Describe* of it answers."""
         self.descriptions: dict[str, dict[str, Any]] = {}
         """Job name → fields added to moto's Describe* answer."""
 
@@ -106,6 +108,8 @@ class FakeSageMaker(StubbedClient):
     def _answer(self, operation: str, request: dict[str, Any]) -> dict[str, Any] | AwsError:
         kind = "Processing" if "processing" in operation else "Training"
         name = request.get(f"{kind}JobName")
+        if operation.startswith("describe_") and name in self.describe_errors:
+            return self.describe_errors[str(name)]
         if operation.startswith("create_"):
             if self.create_errors:
                 return self.create_errors.pop(0)
@@ -361,6 +365,11 @@ def upload_event(key: str, minute: int, size: int | None) -> UploadEvent:
 
 @pytest.fixture
 def world(aws: Aws, tmp_path: Path) -> World:
+    return make_world(aws, tmp_path)
+
+
+def make_world(aws: Aws, tmp_path: Path) -> World:
+    """The pipeline on moto with its fakes (the ``world`` fixture, for other modules)."""
     sagemaker = FakeSageMaker(aws.sagemaker)
     runtime = FakeRuntime(aws.s3)
     sqs = RecordingSqs(aws.sqs)

@@ -363,3 +363,46 @@ def test_retry_raises_on_a_message_it_does_not_understand(
     # WHEN it arrives THEN the function fails (the message goes back, then to the DLQ)
     with pytest.raises(ValueError, match="not a capacity retry message"):
         load_function("retry").lambda_handler(event, lambda_context)
+
+
+# -- reconcile ------------------------------------------------------------------------
+
+
+def test_reconcile_moves_a_stuck_run_on_and_reports_each_decision(
+    load_function: Callable[[str], ModuleType],
+    aws: Aws,
+    lambda_context: FakeLambdaContext,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN run RUN in TRAINING whose training job was never created (the train
+    # function gave up on it), a bound of 0 s, and garbage in the FailureQueue
+    for name, value in {
+        "STUCK_RUN_SECONDS": "0",
+        "FAIL_STUCK_RUN_SECONDS": "129600",
+        "FAILURE_QUEUE_URL": aws.failure_queue_url,
+    }.items():
+        monkeypatch.setenv(name, value)
+    given_run(aws, TRAINING)
+    aws.sqs.send_message(QueueUrl=aws.failure_queue_url, MessageBody="garbage")
+    # the template's timeout: a sweep starts nothing with under 300 s left
+    monkeypatch.setattr(lambda_context, "get_remaining_time_in_millis", lambda: 900_000)
+    # WHEN the schedule fires (default moto clients)
+    result = load_function("reconcile").lambda_handler(
+        load_event("reconcile_schedule"), lambda_context
+    )
+    # THEN the training job is created and the garbage is left for a person
+    started, skipped = result["outcomes"]
+    assert (started["action"], started["job_name"], started["run"]) == ("started", JOB, RUN)
+    aws.sagemaker.describe_training_job(TrainingJobName=JOB)
+    assert skipped["action"] == "ignored"
+    # AND each decision is a log line and metrics (the stuck-runs alarm's among them)
+    logs, metrics = emitted(capsys.readouterr().out)
+    assert metrics == {
+        "ReconcileSweeps": 1.0,
+        "StuckRuns": 1.0,
+        "RunsReconciled": 1.0,
+        "TrainingJobStarted": 1.0,
+        "ReplaySkipped": 1.0,
+    }
+    assert {entry.get("action") for entry in logs} >= {"started", "ignored"}

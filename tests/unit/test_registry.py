@@ -180,3 +180,26 @@ def test_keys_are_stored_hashed_and_can_be_revoked(aws: Aws) -> None:
     assert [k.revoked for k in aws.registry.list_keys()] == [True]
     with pytest.raises(UnknownKey):
         aws.registry.revoke_key("nope")
+
+
+def test_the_watched_index_holds_runs_in_flight_and_failed_and_nothing_else(aws: Aws) -> None:
+    registry = aws.registry
+    # GIVEN three uploads: one in flight, one that failed, one published
+    new_run(aws, V1)
+    new_run(aws, V2)
+    registry.update_run("NewYork_NY", V2, status=TRAINING)
+    registry.update_run("NewYork_NY", V2, status=FAILED, reason="training job failed")
+    assert published(aws, V3)
+    # THEN the index lists the one in flight under PROCESSING and the failed one, only
+    assert [(w.run, w.status) for w in registry.watched_runs(PROCESSING)] == [(V1, PROCESSING)]
+    assert [w.run for w in registry.watched_runs(TRAINING)] == []
+    assert [w.run for w in registry.watched_runs(FAILED)] == [V2]
+    assert registry.count_watched(FAILED) == 1
+    # AND a bound selects the runs in their status since before it
+    (since,) = [w.since for w in registry.watched_runs(PROCESSING)]
+    assert registry.count_watched(PROCESSING, before=since) == 0
+    assert registry.count_watched(PROCESSING, before="9999") == 1
+    # AND a run's own record is unchanged by its index attributes
+    assert registry.get_run("NewYork_NY", V1).to_dict().keys() >= {"city", "run", "status"}
+    with pytest.raises(ValueError, match="not indexed"):
+        list(registry.watched_runs(PUBLISHED))

@@ -28,8 +28,20 @@ from aws_lambda_powertools.utilities.data_classes.api_gateway_authorizer_event i
 from citymodels import layout
 from citymodels.auth import authorizer_policy
 from citymodels.jobs import MAX_STACK_LENGTH, job_name, job_name_prefix
-from citymodels.pipeline import PipelineSettings
-from citymodels.registry import TABLE_KEY_SCHEMA
+from citymodels.pipeline import (
+    MAX_CAPACITY_RETRIES,
+    PipelineSettings,
+    ProcessingJobConfig,
+    TrainingJobConfig,
+    capacity_delay,
+)
+from citymodels.reconcile import ReconcileSettings
+from citymodels.registry import (
+    TABLE_KEY_SCHEMA,
+    WATCHED_INDEX,
+    WATCHED_INDEX_KEY_SCHEMA,
+    WATCHED_INDEX_PROJECTION,
+)
 from citymodels.schema import FEATURE_DIM
 from citymodels_devkit.local.template import Resolver, load_yaml
 from tools import gen_layer_requirements, pythons
@@ -45,6 +57,7 @@ FUNCTIONS = {
     "TrainFunction": "train",
     "PublishFunction": "publish",
     "RetryFunction": "retry",
+    "ReconcileFunction": "reconcile",
     "PredictFunction": "predict",
     "AuthorizeFunction": "authorize",
     "BootstrapFunction": "bootstrap",
@@ -374,8 +387,16 @@ def test_registry_table_has_the_registrys_keys() -> None:
     table = properties("RegistryTable")
     assert table["KeySchema"] == list(TABLE_KEY_SCHEMA)
     assert table["AttributeDefinitions"] == [
-        {"AttributeName": k["AttributeName"], "AttributeType": "S"} for k in TABLE_KEY_SCHEMA
+        {"AttributeName": k["AttributeName"], "AttributeType": "S"}
+        for k in (*TABLE_KEY_SCHEMA, *WATCHED_INDEX_KEY_SCHEMA)
     ]
+    # the reconciler's and `citymodels status`'s index, as the registry writes and reads it
+    (index,) = table["GlobalSecondaryIndexes"]
+    assert index == {
+        "IndexName": WATCHED_INDEX,
+        "KeySchema": list(WATCHED_INDEX_KEY_SCHEMA),
+        "Projection": WATCHED_INDEX_PROJECTION,
+    }
     assert table["BillingMode"] == "PAY_PER_REQUEST"
     assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
     assert table["SSESpecification"] == {"SSEEnabled": True}
@@ -675,3 +696,43 @@ def test_every_skipped_security_check_says_why() -> None:
         assert not ids & {"CKV_AWS_76", "CKV_AWS_370"}, logical_id
         if logical_id in (*EVENT_DRIVEN, "RetryFunction"):
             assert "CKV_AWS_115" not in ids, logical_id
+
+
+# -- the reconciler --------------------------------------------------------------------
+
+
+def test_the_reconciler_sweeps_on_the_templates_schedule_one_at_a_time() -> None:
+    (schedule,) = events("ReconcileFunction", "Schedule").values()
+    assert schedule["Schedule"] == {"Ref": "ReconcileRate"}
+    rate = TEMPLATE["Parameters"]["ReconcileRate"]
+    assert re.fullmatch(rate["AllowedPattern"], rate["Default"])
+    assert properties("ReconcileFunction")["ReservedConcurrentExecutions"] == 1
+    # a message it receives stays hidden at least as long as the sweep may run
+    assert (
+        properties("ReconcileFunction")["Timeout"]
+        <= ReconcileSettings(0, 0, "q").replay_visibility_seconds
+    )
+    assert variables("ReconcileFunction")["FAILURE_QUEUE_URL"] == {"Ref": "FailureQueue"}
+
+
+def test_the_reconcilers_bounds_leave_running_jobs_and_capacity_waits_alone() -> None:
+    defaults = parameter_defaults()
+    stuck, fail = float(defaults["StuckRunSeconds"]), float(defaults["FailStuckRunSeconds"])
+    # examined only after a job could have run to its own limit
+    for config in (ProcessingJobConfig, TrainingJobConfig):
+        assert stuck > config.__dataclass_fields__["max_runtime_seconds"].default
+    # failed only after the capacity retries (about a day) gave up first
+    assert fail > sum(capacity_delay(n) for n in range(MAX_CAPACITY_RETRIES))
+    ReconcileSettings(stuck, fail, "q")  # and they are a valid pair
+    assert variables("ReconcileFunction")["STUCK_RUN_SECONDS"] == {"Ref": "StuckRunSeconds"}
+    assert variables("ReconcileFunction")["FAIL_STUCK_RUN_SECONDS"] == {
+        "Ref": "FailStuckRunSeconds"
+    }
+
+
+def test_an_alarm_fires_on_stuck_runs() -> None:
+    alarm = properties("StuckRunsAlarm")
+    assert (alarm["Namespace"], alarm["MetricName"]) == ("citymodels", "StuckRuns")
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": {"Ref": "AWS::StackName"}}]
+    assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (0, "GreaterThanThreshold")
+    assert '"StuckRuns"' in (ROOT / "layers/common/citymodels/reconcile.py").read_text()

@@ -11,7 +11,9 @@ the rule's own pattern), and a poller delivers each matched event to the handler
 handler that raises is retried (``EventInvokeConfig.MaximumRetryAttempts``, with
 backoff), then a dead-letter record in Lambda's OnFailure format goes to the function's
 OnFailure queue — visible to ``citymodels status``. SQS event sources (the capacity
-retry queue) are polled and delivered in Lambda's SQS event format.
+retry queue) are polled and delivered in Lambda's SQS event format. Schedules (the
+reconciler's) invoke their function with EventBridge's ``Scheduled Event`` at the
+template's rate, from a timer thread that stops with the router.
 """
 
 from __future__ import annotations
@@ -29,7 +31,13 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from citymodels_devkit.local.template import ACCOUNT_ID, REGION, Function, ResolvedTemplate
+from citymodels_devkit.local.template import (
+    ACCOUNT_ID,
+    REGION,
+    Function,
+    ResolvedTemplate,
+    Schedule,
+)
 
 log = logging.getLogger("citymodels.local")
 
@@ -235,6 +243,34 @@ class EventRouter:
             url = self.queue_urls[source.queue]
             self._spawn(f"sqs {source.queue}", self._poll_sqs, source.function, url, source.queue)
 
+    def setup_schedules(self, period_seconds: float | None = None) -> None:
+        """Invoke each scheduled function at its template's rate, until :meth:`stop`.
+
+        Parameters
+        ----------
+        period_seconds
+            Every this many seconds instead of the template's rate (tests: a short one).
+        """
+        for schedule in self.stack.schedules:
+            period = schedule.period_seconds if period_seconds is None else period_seconds
+            thread = threading.Thread(
+                target=self._tick,
+                args=(schedule, period),
+                name=f"schedule {schedule.name}",
+                daemon=True,
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def _tick(self, schedule: Schedule, period: float) -> None:
+        # Like EventBridge: the first event one period after the schedule is created.
+        while not self._stop.wait(period):
+            self._track(1)
+            try:
+                self._deliver(schedule.function, scheduled_event(self.stack.name, schedule))
+            finally:
+                self._track(-1)
+
     def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
         for i in range(self.workers):
             thread = threading.Thread(target=target, args=args, name=f"{name} #{i}", daemon=True)
@@ -357,3 +393,18 @@ class EventRouter:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=5)
+
+
+def scheduled_event(stack: str, schedule: Schedule) -> dict[str, Any]:
+    """EventBridge's ``Scheduled Event`` for a schedule of the stack (as Lambda receives it)."""
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": ACCOUNT_ID,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "region": REGION,
+        "resources": [f"arn:aws:events:{REGION}:{ACCOUNT_ID}:rule/{stack}-{schedule.name}"],
+        "detail": {},
+    }

@@ -8,8 +8,8 @@
 2. creates the template's bucket, table and queues there, and runs the deployment's
    bootstrap (the processing code and the preprocessor artifact in S3);
 3. hosts the template's functions in-process with the template's environment and
-   ``AWS_ENDPOINT_URL`` set, routing events to them by the template's rules —
-   :mod:`.lambdas`;
+   ``AWS_ENDPOINT_URL`` set, routing events to them by the template's rules, and
+   invoking scheduled ones at the template's rate — :mod:`.lambdas`;
 4. serves the template's REST API with its authorizer — :mod:`.apigw`;
 5. publishes the endpoint's CloudWatch metrics every second;
 6. prints and writes the stack outputs (docs/design.md §3, plus ``AwsEndpointUrl`` and
@@ -110,6 +110,9 @@ class LocalOptions:
         Execution environments per function.
     metrics_period_seconds
         How often the endpoint's metrics go to CloudWatch (AWS: 60 s).
+    schedule_period_seconds
+        Run the template's schedules (the reconciler) this often instead of at their
+        rate (None: the template's rate; tests set a short one).
     """
 
     stack_name: str = "citymodels-local"
@@ -128,6 +131,7 @@ class LocalOptions:
     job_workers: int = 2
     function_concurrency: int = 4
     metrics_period_seconds: float = 1.0
+    schedule_period_seconds: float | None = None
 
 
 class LocalStack:
@@ -221,6 +225,7 @@ class LocalStack:
                 workers_per_function=opts.function_concurrency,
             )
             self.router.setup_rules()
+            self.router.setup_schedules(opts.schedule_period_seconds)
             self.api = ApiGateway(stack, self.host)
             self._api_server = _listen(self.api, opts.host, opts.api_port, "api")
             self._metrics_thread = threading.Thread(
@@ -279,11 +284,13 @@ class LocalStack:
                     Bucket=spec["name"], VersioningConfiguration={"Status": "Enabled"}
                 )
         for spec in stack.tables.values():
+            indexes = spec.get("GlobalSecondaryIndexes")
             clients.dynamodb.create_table(
                 TableName=spec["name"],
                 KeySchema=spec["KeySchema"],
                 AttributeDefinitions=spec["AttributeDefinitions"],
                 BillingMode="PAY_PER_REQUEST",
+                **({"GlobalSecondaryIndexes": indexes} if indexes else {}),
             )
         for logical_id, spec in stack.queues.items():
             attributes = {

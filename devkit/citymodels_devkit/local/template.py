@@ -82,6 +82,35 @@ class EventRule:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """A function's EventBridge schedule (a ``Schedule`` or ``ScheduleV2`` event)."""
+
+    function: str
+    name: str
+    expression: str
+    period_seconds: float
+
+
+_RATE_UNITS = {"minute": 60, "hour": 3600, "day": 86_400}
+
+
+def rate_seconds(expression: str) -> float:
+    """Return the period of an EventBridge ``rate(N unit)`` expression, in seconds.
+
+    Raises
+    ------
+    TemplateError
+        Anything else (a ``cron(...)`` expression: the local stack runs rates only).
+    """
+    match = re.fullmatch(r"rate\(\s*(\d+)\s+(minute|hour|day)s?\s*\)", expression.strip())
+    if match is None or int(match.group(1)) < 1:
+        raise TemplateError(
+            f"schedule {expression!r}: the local stack runs rate(N minutes|hours|days) only"
+        )
+    return int(match.group(1)) * _RATE_UNITS[match.group(2)]
+
+
+@dataclass(frozen=True)
 class QueueSource:
     """An SQS event source of a function."""
 
@@ -173,6 +202,7 @@ class ResolvedTemplate:
     functions: dict[str, Function] = field(default_factory=dict)
     rules: list[EventRule] = field(default_factory=list)
     queue_sources: list[QueueSource] = field(default_factory=list)
+    schedules: list[Schedule] = field(default_factory=list)
     routes: list[Route] = field(default_factory=list)
     authorizers: dict[str, Authorizer] = field(default_factory=dict)
     api_stage: str = "v1"
@@ -510,6 +540,18 @@ def _add_function(
                     pattern=resolver.resolve(eprops["Pattern"]),
                     retry_attempts=int(retry.get("MaximumRetryAttempts", 185)),
                     max_event_age_seconds=int(retry.get("MaximumEventAgeInSeconds", 86_400)),
+                )
+            )
+        elif kind in ("Schedule", "ScheduleV2"):
+            expression = str(
+                resolver.resolve(eprops.get("Schedule") or eprops.get("ScheduleExpression"))
+            )
+            stack.schedules.append(
+                Schedule(
+                    function=logical_id,
+                    name=f"{logical_id}{event_name}",
+                    expression=expression,
+                    period_seconds=rate_seconds(expression),
                 )
             )
         elif kind == "SQS":

@@ -114,6 +114,12 @@ class Action(str, Enum):
     FAILED = "failed"
     PUBLISHED = "published"
     NOT_PUBLISHED = "not_published"
+    RUNNING = "running"
+    """The reconciler found the run's job still running within its own time limit."""
+    STUCK = "stuck"
+    """The reconciler found the run stuck and could not move it on yet (see the message)."""
+    REPLAY_FAILED = "replay_failed"
+    """A FailureQueue message failed again when replayed (it stays in the queue)."""
 
 
 @dataclass

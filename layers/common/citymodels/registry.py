@@ -13,6 +13,14 @@ Single-table layout (partition key ``pk``, sort key ``sk``, both strings):
 | API key | ``KEY#{sha256(secret)}`` | ``KEY`` | key_id, cities, admin, revoked |
 | API key listing | ``KEYS`` | ``{key_id}`` | the same, without the hash |
 
+Watched runs: a run whose status is PROCESSING, TRAINING or FAILED also carries
+``watched_status`` (its status) and ``status_since`` (when it entered it), the keys of
+the sparse global secondary index ``watched-runs`` (:data:`WATCHED_INDEX`). So the
+reconciler finds the runs in flight past a bound, and ``citymodels status`` counts the
+stuck and failed ones, with a Query of one index partition, never a scan: other runs
+(published, rejected...) are not in the index at all. :func:`watched_attributes` is
+the one place that decides them, from the status being written.
+
 A run's id is the version id minted for its upload (rejected uploads get one too, so
 every upload sorts in upload order). The alias moves only forward: :meth:`Registry.publish`
 is a conditional write on ``newest_published``, so a run that finishes late never
@@ -60,6 +68,32 @@ TABLE_KEY_SCHEMA = (
     {"AttributeName": "pk", "KeyType": "HASH"},
     {"AttributeName": "sk", "KeyType": "RANGE"},
 )
+
+WATCHED = (PROCESSING, TRAINING, FAILED)
+"""The statuses a run is indexed under: in flight (the reconciler's), or failed (counted)."""
+WATCHED_INDEX = "watched-runs"
+WATCHED_INDEX_KEY_SCHEMA = (
+    {"AttributeName": "watched_status", "KeyType": "HASH"},
+    {"AttributeName": "status_since", "KeyType": "RANGE"},
+)
+WATCHED_INDEX_PROJECTION = {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["city", "run"]}
+"""What the index holds of a run: enough to find it (the run itself is read consistently)."""
+
+
+def watched_attributes(status: str, now: str) -> tuple[dict[str, str], tuple[str, ...]]:
+    """Return the index attributes of a run whose status becomes ``status`` at ``now``.
+
+    Returns
+    -------
+    tuple
+        ``(to_set, to_remove)``: ``watched_status`` and ``status_since`` for a watched
+        status, else both names to remove (the index is sparse: a key attribute that
+        is absent keeps the run out of it).
+    """
+    names = tuple(a["AttributeName"] for a in WATCHED_INDEX_KEY_SCHEMA)
+    if status in WATCHED:
+        return dict(zip(names, (status, now))), ()
+    return {}, names
 
 
 class RegistryError(CityModelsError):
@@ -205,6 +239,16 @@ class ContentRecord:
     published_version: str
 
 
+@dataclass(frozen=True)
+class WatchedRun:
+    """A run as the ``watched-runs`` index lists it (eventually consistent: read the run)."""
+
+    city: str
+    run: str
+    status: str
+    since: str
+
+
 def hash_secret(secret: str) -> str:
     """Return the stored form of an API key: its SHA-256, hex."""
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
@@ -279,13 +323,17 @@ class Registry:
         condition: str | None = None,
         condition_values: Mapping[str, Any] | None = None,
         condition_names: Mapping[str, str] | None = None,
+        remove: Sequence[str] = (),
     ) -> dict[str, Any]:
-        """The parameters of an update that sets ``values`` (an UpdateItem call, or one
-        ``Update`` of a transaction)."""
+        """The parameters of an update that sets ``values`` and removes the attributes
+        ``remove`` (an UpdateItem call, or one ``Update`` of a transaction)."""
         names = {f"#a{i}": name for i, name in enumerate(values)}
+        names.update({f"#r{i}": name for i, name in enumerate(remove)})
         names.update(condition_names or {})
         attr_values = {f":a{i}": value for i, value in enumerate(values.values())}
         expression = "SET " + ", ".join(f"#a{i} = :a{i}" for i in range(len(values)))
+        if remove:
+            expression += " REMOVE " + ", ".join(f"#r{i}" for i in range(len(remove)))
         request: dict[str, Any] = {
             "TableName": self.table_name,
             "Key": self._item({"pk": pk, "sk": sk}),
@@ -306,6 +354,7 @@ class Registry:
         condition: str | None = None,
         condition_values: Mapping[str, Any] | None = None,
         condition_names: Mapping[str, str] | None = None,
+        remove: Sequence[str] = (),
     ) -> dict[str, Any]:
         request = self._update_request(
             pk,
@@ -314,6 +363,7 @@ class Registry:
             condition=condition,
             condition_values=condition_values,
             condition_names=condition_names,
+            remove=remove,
         )
         answer = self._client.update_item(**request, ReturnValues="ALL_NEW")
         return self._plain(answer.get("Attributes", {}))
@@ -409,7 +459,8 @@ class Registry:
         validate_city_id(run.city)
         validate_version(run.run)
         now = now_iso()
-        values = {**run.to_dict(), "created_at": now, "updated_at": now}
+        watched, _ = watched_attributes(run.status, now)
+        values = {**run.to_dict(), **watched, "created_at": now, "updated_at": now}
         values.pop("city", None)
         values.pop("run", None)
         created = self._update_request(
@@ -464,14 +515,65 @@ class Registry:
             placeholders = [f":s{i}" for i in range(len(expected_status))]
             condition += f" AND #st IN ({', '.join(placeholders)})"
             condition_values = dict(zip(placeholders, expected_status))
+        now = now_iso()
+        # the watched-runs index follows the status, in the same write
+        watched, unwatched = (
+            watched_attributes(fields["status"], now) if "status" in fields else ({}, ())
+        )
         return self._update_request(
             f"CITY#{validate_city_id(city)}",
             f"RUN#{validate_version(run)}",
-            {**fields, "updated_at": now_iso()},
+            {**fields, **watched, "updated_at": now},
             condition=condition,
             condition_values=condition_values,
             condition_names={"#st": "status"} if expected_status else None,
+            remove=unwatched,
         )
+
+    def watched_runs(self, status: str, *, before: str | None = None) -> Iterator[WatchedRun]:
+        """Return the runs in ``status`` (one of :data:`WATCHED`), longest in it first.
+
+        Parameters
+        ----------
+        before
+            Only runs that entered the status before this time (ISO 8601, as
+            :func:`now_iso` writes it): the ones in it longer than a bound.
+        """
+        for item in self._query_watched(status, before, count=False):
+            yield WatchedRun(
+                city=str(item["city"]),
+                run=str(item["run"]),
+                status=str(item["watched_status"]),
+                since=str(item["status_since"]),
+            )
+
+    def count_watched(self, status: str, *, before: str | None = None) -> int:
+        """Return how many runs are in ``status`` (since before ``before``, when given)."""
+        return sum(int(page) for page in self._query_watched(status, before, count=True))
+
+    def _query_watched(self, status: str, before: str | None, *, count: bool) -> Iterator[Any]:
+        if status not in WATCHED:
+            raise ValueError(f"runs in {status!r} are not indexed; only {WATCHED}")
+        condition = "watched_status = :s" + (" AND status_since < :before" if before else "")
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "IndexName": WATCHED_INDEX,
+            "KeyConditionExpression": condition,
+            "ExpressionAttributeValues": self._item(
+                {":s": status, **({":before": before} if before else {})}
+            ),
+        }
+        if count:
+            kwargs["Select"] = "COUNT"
+        while True:
+            answer = self._client.query(**kwargs)
+            if count:
+                yield answer.get("Count", 0)
+            else:
+                yield from (self._plain(item) for item in answer.get("Items", []))
+            if "LastEvaluatedKey" not in answer:
+                return
+            kwargs["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
 
     # -- content (duplicate detection) -----------------------------------------------
 
