@@ -41,6 +41,7 @@ from citymodels.errors import CityModelsError, InvalidCityId, InvalidKey
 from citymodels.gate import GateResult, run_gate
 from citymodels.jobs import job_name, parse_job_name, validate_stack_name
 from citymodels.registry import (
+    CUTOVER_MARGIN_SECONDS,
     DUPLICATE,
     FAILED,
     IN_PROGRESS,
@@ -347,6 +348,7 @@ class PipelineSettings:
     retry_queue_url: str = ""
     endpoint_name: str = ""
     gate_tolerance: float = 0.05
+    alias_cache_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         validate_stack_name(self.stack)
@@ -377,7 +379,8 @@ class PipelineSettings:
             Processing and training also read ``SAGEMAKER_ROLE_ARN`` and
             ``CAPACITY_RETRY_QUEUE_URL``.
         gate
-            It runs the quality gate: ``ENDPOINT_NAME``, ``GATE_TOLERANCE``.
+            It runs the quality gate and moves the alias: ``ENDPOINT_NAME``,
+            ``GATE_TOLERANCE``, ``ALIAS_CACHE_SECONDS`` (the cut-over's lead).
 
         Raises
         ------
@@ -414,6 +417,7 @@ class PipelineSettings:
         if gate:
             values["endpoint_name"] = env("ENDPOINT_NAME")
             values["gate_tolerance"] = env_float("GATE_TOLERANCE")
+            values["alias_cache_seconds"] = env_float("ALIAS_CACHE_SECONDS")
         return cls(**values)
 
 
@@ -989,7 +993,10 @@ class Pipeline:
         if not gate.passed:
             return self._not_published(record, gate.reason, gate).count("GateRefused")
 
-        if not self.registry.publish(city, run, metrics=run_metrics, model_key=model_key):
+        cutover = self.settings.alias_cache_seconds + CUTOVER_MARGIN_SECONDS
+        if not self.registry.publish(
+            city, run, metrics=run_metrics, model_key=model_key, cutover_seconds=cutover
+        ):
             newest = self.registry.get_city(city).newest_published
             if newest != run:  # else: published by an earlier try of this same event
                 return self._superseded(record, newest, gate)

@@ -21,7 +21,7 @@ request; :func:`env` adds the variable's name to the error. The pipeline's funct
 | ``LINEAR_LEARNER_MINI_BATCH_SIZE``, ``_EPOCHS``, ``_NUM_MODELS``, ``_LOSS`` | train, retry | the Linear Learner hyperparameters that are choices (:data:`citymodels.pipeline.HYPERPARAMETER_VARIABLES`) |
 | ``CAPACITY_RETRY_QUEUE_URL`` | onboard, train, retry | delayed retries after ResourceLimitExceeded |
 | ``GATE_TOLERANCE`` | publish | the quality gate's tolerance (e.g. ``0.05``) |
-| ``ALIAS_CACHE_SECONDS`` | predict | how long an alias lookup is reused (e.g. ``5``) |
+| ``ALIAS_CACHE_SECONDS`` | predict, publish | how long an alias lookup is reused (e.g. ``5``); a publish schedules its cut-over that far ahead |
 | ``API_DEADLINE_SECONDS`` | predict | time budget for retries within the API's limit |
 """
 
