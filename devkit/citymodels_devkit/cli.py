@@ -643,13 +643,17 @@ def _models(args: argparse.Namespace) -> int:
 def _rollback(args: argparse.Namespace) -> int:
     from citymodels_devkit import operations
 
-    data = operations.rollback(_stack(args).registry(), args.city, args.version)
+    stack = _stack(args)
+    data = operations.rollback(
+        stack.registry(), args.city, args.version, cutover_seconds=stack.outputs.cutover_seconds
+    )
     if args.json:
         _print_json(data)
         return 0
+    when = f" from {data['cutover_at']}" if data.get("cutover_at") else ""
     _out().print(
         _text(
-            f"{data['city']} now serves {data['current_version']} (pinned; the next newer "
+            f"{data['city']} serves {data['current_version']}{when} (pinned; the next newer "
             "upload publishes as usual)"
         )
     )

@@ -451,15 +451,24 @@ def city_versions(registry: Registry, city: str) -> dict[str, Any]:
     }
 
 
-def rollback(registry: Registry, city: str, version: str) -> dict[str, Any]:
+def rollback(
+    registry: Registry, city: str, version: str, *, cutover_seconds: float = 0.0
+) -> dict[str, Any]:
     """Serve an earlier published version of a city (pins the alias).
+
+    The cut-over is scheduled ``cutover_seconds`` ahead (the stack's AliasCacheSeconds
+    plus a margin, :attr:`~citymodels_devkit.stack.StackOutputs.cutover_seconds`), as a
+    publish's is, so the API never answers with the newer version again once it has
+    answered with this one.
 
     Raises
     ------
     InvalidVersion, UnknownRun, NotPublishable
         Not a version id, no such version, or a version that was never published.
     """
-    return registry.rollback(validate_city_id(city), version).to_dict()
+    return registry.rollback(
+        validate_city_id(city), version, cutover_seconds=cutover_seconds
+    ).to_dict()
 
 
 def remove(registry: Registry, city: str) -> dict[str, Any]:

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 REQUIRED_OUTPUTS: tuple[str, ...] = ("DataBucket", "ApiUrl", "EndpointName", "RegistryTable")
 """The outputs every stack has (docs/design.md §3)."""
 
+PARAMETER_OUTPUTS: tuple[str, ...] = ("RawPrefix", "AliasCacheSeconds")
+"""Template parameters a client needs, read with the outputs (docs/design.md §3)."""
+
 DEFAULT_OUTPUTS_FILE = WORK_DIR / "outputs.json"
 OUTPUTS_ENV = "CITYMODELS_OUTPUTS"
 LOCAL_REGION = "us-east-1"
@@ -84,6 +87,24 @@ class StackOutputs:
         from citymodels.layout import RAW_PREFIX
 
         return self.get("RawPrefix") or RAW_PREFIX
+
+    @property
+    def cutover_seconds(self) -> float:
+        """How far ahead an alias move is scheduled: the stack's ``AliasCacheSeconds``
+        (its template default if unknown) plus the cut-over margin."""
+        from citymodels.registry import CUTOVER_MARGIN_SECONDS
+
+        value = self.get("AliasCacheSeconds")
+        if value is None:
+            from citymodels_devkit.local.template import load_yaml
+            from citymodels_devkit.paths import REPO_ROOT
+
+            parameters = load_yaml(REPO_ROOT / "template.yaml")["Parameters"]
+            value = str(parameters["AliasCacheSeconds"]["Default"])
+        try:
+            return float(value) + CUTOVER_MARGIN_SECONDS
+        except ValueError as err:
+            raise StackError(f"AliasCacheSeconds {value!r} is not a number") from err
 
     @property
     def data_bucket(self) -> str:
@@ -158,10 +179,11 @@ def describe_stack_outputs(cloudformation: Any, stack_name: str) -> StackOutputs
     values = {
         o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", []) if "OutputKey" in o
     }
-    # where uploads land is a parameter of the template, not an output (docs/design.md §3)
+    # where uploads land, and how long the API caches an alias, are parameters of the
+    # template, not outputs (docs/design.md §3)
     for parameter in stacks[0].get("Parameters", []):
-        if parameter.get("ParameterKey") == "RawPrefix" and parameter.get("ParameterValue"):
-            values.setdefault("RawPrefix", parameter["ParameterValue"])
+        if parameter.get("ParameterKey") in PARAMETER_OUTPUTS and parameter.get("ParameterValue"):
+            values.setdefault(parameter["ParameterKey"], parameter["ParameterValue"])
     return StackOutputs(values, f"stack {stack_name}")
 
 

@@ -174,7 +174,10 @@ def test_rollback_then_a_newer_upload_publishes(local: Running) -> None:
     assert v2 > v1
     status, body = local.api("POST", f"cities/{city}/rollback", {"version": v1})
     assert status == 200, body
-    time.sleep(5.5)  # the predict function's alias cache (AliasCacheSeconds)
+    # the rollback is a cut-over at the instant it names (AliasCacheSeconds ahead)
+    assert body["answering_version"] == v2 and body["cutover_at"]
+    cutover = datetime.fromisoformat(body["cutover_at"].replace("Z", "+00:00"))
+    time.sleep(max(0.0, (cutover - datetime.now(UTC)).total_seconds()))
     _, answer = local.api("POST", f"cities/{city}/predictions", {"instances": [HOUSE]})
     assert answer["model_version"] == v1
 

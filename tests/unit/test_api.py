@@ -7,6 +7,7 @@ import base64
 import copy
 import importlib.util
 import json
+import random
 import re
 import sys
 from collections.abc import Iterator
@@ -21,7 +22,17 @@ from openapi_spec_validator import validate as validate_openapi
 
 from citymodels import api
 from citymodels.endpoint import EndpointClient
-from citymodels.registry import FAILED, PUBLISHED, REJECTED, City, Registry, Run, UnknownCity
+from citymodels.registry import (
+    CUTOVER_MARGIN_SECONDS,
+    FAILED,
+    PUBLISHED,
+    REJECTED,
+    City,
+    Registry,
+    Run,
+    UnknownCity,
+    epoch_iso,
+)
 from citymodels.schema import FEATURES, FIELD_RULES
 from citymodels.versions import mint_version
 from tests.aws import (
@@ -149,6 +160,14 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
+def wall() -> FakeClock:
+    """Epoch seconds (cut-over instants), moved by hand like ``clock``."""
+    wall = FakeClock()
+    wall.now = 1_796_000_000.0
+    return wall
+
+
+@pytest.fixture
 def runtime() -> FakeRuntime:
     return FakeRuntime()
 
@@ -168,9 +187,9 @@ def dynamodb() -> Iterator[Any]:
 
 
 @pytest.fixture
-def registry(dynamodb: Any) -> Iterator[CountingRegistry]:
+def registry(dynamodb: Any, wall: FakeClock) -> Iterator[CountingRegistry]:
     create_registry_table(dynamodb)
-    yield CountingRegistry(TABLE, client=dynamodb)
+    yield CountingRegistry(TABLE, client=dynamodb, clock=wall)
     dynamodb.delete_table(TableName=TABLE)
 
 
@@ -180,6 +199,7 @@ def service(
     registry: CountingRegistry,
     runtime: FakeRuntime,
     clock: FakeClock,
+    wall: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> api.CityApi:
     endpoint = EndpointClient(ENDPOINT, client=runtime.client, sleep=clock.sleep, clock=clock)
@@ -189,6 +209,7 @@ def service(
         alias_cache_seconds=TTL,
         deadline_seconds=DEADLINE,
         clock=clock,
+        wall_clock=wall,
     )
     monkeypatch.setattr(predict_app, "service", service)
     return service
@@ -625,6 +646,7 @@ def test_alias_is_read_once_within_the_ttl_and_a_rollback_is_seen_after_it(
     registry: CountingRegistry,
     runtime: FakeRuntime,
     clock: FakeClock,
+    wall: FakeClock,
     lambda_context: FakeLambdaContext,
 ) -> None:
     # GIVEN versions 1 and 2 published (2 current)
@@ -639,10 +661,15 @@ def test_alias_is_read_once_within_the_ttl_and_a_rollback_is_seen_after_it(
     assert [b["model_version"] for b in versions] == [V2, V2, V2]
     assert registry.get_city_calls == 1
     # WHEN another function instance rolls back to version 1
-    registry.rollback("NewYork_NY", V1)
-    # THEN this one still serves 2 until the TTL has passed, then 1
+    registry.rollback("NewYork_NY", V1, cutover_seconds=TTL + CUTOVER_MARGIN_SECONDS)
+    # THEN this one still serves 2 until its cache expires
     assert call(predict_app, load_event("api_predict"), lambda_context)[1]["model_version"] == V2
     clock.now += TTL
+    wall.now += TTL
+    # ... and, knowing the rollback, until the cut-over instant; then 1
+    assert call(predict_app, load_event("api_predict"), lambda_context)[1]["model_version"] == V2
+    assert registry.get_city_calls == 2
+    wall.now += CUTOVER_MARGIN_SECONDS
     assert call(predict_app, load_event("api_predict"), lambda_context)[1]["model_version"] == V1
     assert registry.get_city_calls == 2
     assert runtime.calls[-1]["TargetModel"] == f"NewYork_NY/{V1}.tar.gz"
@@ -680,6 +707,65 @@ def test_alias_cache_stays_bounded(registry: CountingRegistry) -> None:
     assert registry.get_city_calls == calls + 3
     with pytest.raises(ValueError, match="ttl_seconds"):
         api.AliasCache(registry, ttl_seconds=-1)
+
+
+def test_no_environment_answers_an_older_version_once_a_newer_one_answered(
+    registry: CountingRegistry, wall: FakeClock
+) -> None:
+    """Publishes and a rollback while five environments, each with its own cache read at
+    its own moments, answer in turn: what any of them answers never goes back to a
+    version older than one already answered (the rollback's own cut-over aside)."""
+    rng = random.Random(7)
+    ttl = 5.0
+    lead = ttl + CUTOVER_MARGIN_SECONDS
+    caches = [
+        api.AliasCache(registry, ttl_seconds=ttl, clock=wall, wall_clock=wall) for _ in range(5)
+    ]
+    versions = [mint_version(f"2026-11-25T{h:02d}:00:00Z", f"{h:02d}") for h in range(1, 9)]
+    published(registry, "NewYork_NY", versions[0])
+    newest_answered = versions[0]
+    moves = 0
+    publish_steps = {100, 110, 120, 130, 700, 1200, 2000}
+    for step in range(3000):
+        wall.now += rng.uniform(0.0, 0.4)
+        if step in publish_steps:  # some closer together than a cut-over's lead
+            moves += 1
+            run = Run(city="NewYork_NY", run=versions[moves], key="raw/x.csv", status=PUBLISHED)
+            registry.create_run(run)
+            assert registry.publish(
+                "NewYork_NY", versions[moves], metrics={}, model_key="m",
+                cutover_seconds=lead, sleep=wall.sleep,
+            )  # fmt: skip
+        answer = rng.choice(caches).serving_version("NewYork_NY")
+        assert answer >= newest_answered, f"step {step}: {answer} after {newest_answered}"
+        newest_answered = answer
+    assert newest_answered == versions[moves] and moves == len(versions) - 1
+    # a rollback cuts over the same way: from its instant, never the newer one again
+    registry.rollback("NewYork_NY", versions[2], cutover_seconds=lead, sleep=wall.sleep)
+    rolled_back = False
+    for _ in range(500):
+        wall.now += rng.uniform(0.0, 0.4)
+        answer = rng.choice(caches).serving_version("NewYork_NY")
+        assert not (rolled_back and answer != versions[2])
+        rolled_back = answer == versions[2]
+    assert rolled_back
+
+
+def test_a_move_waits_for_a_pending_cut_over(registry: CountingRegistry, wall: FakeClock) -> None:
+    published(registry, "NewYork_NY", V1)
+    for version in (V2, V3):
+        registry.create_run(Run(city="NewYork_NY", run=version, key="k", status=PUBLISHED))
+    start = wall.now
+    assert registry.publish("NewYork_NY", V2, metrics={}, model_key="m", cutover_seconds=6)
+    # V3 right after: it waits for V2's instant, else V2 might never answer anywhere
+    # while V1-holding caches are still answering
+    assert registry.publish(
+        "NewYork_NY", V3, metrics={}, model_key="m", cutover_seconds=6, sleep=wall.sleep
+    )
+    city = registry.get_city("NewYork_NY")
+    assert wall.now >= start + 6
+    assert (city.previous, city.current) == (V2, V3)
+    assert city.cutover_at == epoch_iso(wall.now + 6)
 
 
 # -- listing and details -------------------------------------------------------------
@@ -736,11 +822,12 @@ def rollback_event(
     return event_for("api_rollback", city=city, body=json.dumps({"version": version}), admin=admin)
 
 
-def test_an_admin_rollback_is_served_at_once(
+def test_an_admin_rollback_cuts_over_at_its_instant_here_too(
     predict_app: ModuleType,
     service: api.CityApi,
     registry: CountingRegistry,
     runtime: FakeRuntime,
+    wall: FakeClock,
     lambda_context: FakeLambdaContext,
 ) -> None:
     published(registry, "NewYork_NY", V1)
@@ -749,7 +836,12 @@ def test_an_admin_rollback_is_served_at_once(
     status, body, _ = call(predict_app, rollback_event(V1), lambda_context)
     assert status == 200
     assert (body["city"], body["current_version"], body["pinned"]) == ("NewYork_NY", V1, True)
-    # this function's own alias cache does not wait for the TTL
+    # the answer says when v1 takes over: once every environment's cache knows it
+    lead = TTL + CUTOVER_MARGIN_SECONDS
+    assert (body["answering_version"], body["cutover_at"]) == (V2, epoch_iso(wall.now + lead))
+    # until then v2 answers, in this environment too (another may still hold v2)
+    assert call(predict_app, load_event("api_predict"), lambda_context)[1]["model_version"] == V2
+    wall.now += lead
     assert call(predict_app, load_event("api_predict"), lambda_context)[1]["model_version"] == V1
 
 

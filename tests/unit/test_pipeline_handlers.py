@@ -68,6 +68,7 @@ def function_env(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
         "CAPACITY_RETRY_QUEUE_URL": aws.retry_queue_url,
         "ENDPOINT_NAME": ENDPOINT,
         "GATE_TOLERANCE": "0.05",
+        "ALIAS_CACHE_SECONDS": "5",
         "POWERTOOLS_SERVICE_NAME": "citymodels",
         "POWERTOOLS_METRICS_NAMESPACE": "citymodels",
         "POWERTOOLS_TRACE_DISABLED": "true",

@@ -43,6 +43,7 @@ from citymodels_devkit.local.lambdas import EventRouter, FunctionHost
 from citymodels_devkit.local.mme import ModelArtifactMissing, MultiModelEndpoint
 from citymodels_devkit.local.template import ACCOUNT_ID, REGION, ResolvedTemplate, resolve_template
 from citymodels_devkit.paths import REPO_ROOT
+from citymodels_devkit.stack import PARAMETER_OUTPUTS
 
 log = logging.getLogger("citymodels.local")
 
@@ -380,8 +381,9 @@ class LocalStack:
         outputs["AdminApiKey"] = secret
         if "FailureQueue" in clients.queue_urls:
             outputs.setdefault("FailureQueueUrl", clients.queue_urls["FailureQueue"])
-        if "RawPrefix" in stack.parameters:  # where the onboard rule listens (onboard reads it)
-            outputs.setdefault("RawPrefix", stack.parameters["RawPrefix"])
+        for name in PARAMETER_OUTPUTS:  # where uploads land; how long aliases are cached
+            if name in stack.parameters:
+                outputs.setdefault(name, str(stack.parameters[name]))
         return outputs
 
     # -- helpers for tests, the demo and benchmarks -----------------------------------

@@ -62,10 +62,12 @@ from citymodels.errors import (
 )
 from citymodels.layout import target_model
 from citymodels.registry import (
+    CUTOVER_MARGIN_SECONDS,
     City,
     Registry,
     Run,
     UnknownCity,
+    epoch_iso,
 )
 from citymodels.schema import (
     FEATURES,
@@ -209,6 +211,8 @@ class CitySummary:
 
     city: str
     current_version: str | None
+    answering_version: str | None
+    cutover_at: str | None
     pinned: bool
     metrics: dict[str, float]
     updated_at: str
@@ -252,6 +256,8 @@ class CityDetail:
 
     city: str
     current_version: str | None
+    answering_version: str | None
+    cutover_at: str | None
     pinned: bool
     metrics: dict[str, float]
     versions: list[VersionInfo]
@@ -285,23 +291,34 @@ class PredictionOutcome:
     latency_ms: float
 
 
-def city_summary(city: City) -> CitySummary:
-    """Return a registry city as listed by ``GET /cities``."""
+def city_summary(city: City, now: float) -> CitySummary:
+    """Return a registry city as listed by ``GET /cities`` at ``now`` (epoch seconds)."""
     return CitySummary(
         city=city.city,
         current_version=city.current if city.serving else None,
+        answering_version=city.answering(now),
+        cutover_at=_pending_cutover(city, now),
         pinned=city.pinned,
         metrics=dict(city.current_metrics),
         updated_at=city.updated_at,
     )
 
 
-def city_detail(city: City, runs: Sequence[Run]) -> CityDetail:
+def _pending_cutover(city: City, now: float) -> str | None:
+    """The instant ``current_version`` starts answering, while that is still ahead."""
+    if city.serving and city.cutover_at and city.answering(now) != city.current:
+        return city.cutover_at
+    return None
+
+
+def city_detail(city: City, runs: Sequence[Run], now: float) -> CityDetail:
     """Return ``GET /cities/{city}``'s answer from the city and its runs (newest first)."""
     current = city.current if city.serving else None
     return CityDetail(
         city=city.city,
         current_version=current,
+        answering_version=city.answering(now),
+        cutover_at=_pending_cutover(city, now),
         pinned=city.pinned,
         metrics=dict(city.current_metrics),
         versions=[
@@ -399,29 +416,44 @@ class Alias:
     known
         False when nothing was ever uploaded for it.
     version
-        The version serving, or None (nothing published yet, or removed).
+        The version the alias points to, or None (nothing published yet, or removed).
     removed
         Whether it was removed (``citymodels remove``).
+    previous
+        The version answering until ``cutover_at`` (None: nothing answers until then).
+    cutover_at
+        Epoch seconds from which ``version`` answers (0: it already does).
     """
 
     city: str
     known: bool
     version: str | None
     removed: bool = False
+    previous: str | None = None
+    cutover_at: float = 0.0
+
+    def answering(self, now: float) -> str | None:
+        """Return the version that answers at ``now`` (epoch seconds)."""
+        return self.version if now >= self.cutover_at else self.previous
 
 
 class AliasCache:
-    """City → current version, re-read from the registry at most every ``ttl_seconds``.
+    """City → alias, re-read from the registry at most every ``ttl_seconds``.
 
     The prediction path must not read DynamoDB on every call (docs/design.md §4: a read
     costs milliseconds; the alias changes a few times a day). An alias move (publish,
-    rollback) is therefore seen by a warm function within ``ttl_seconds``
-    (``ALIAS_CACHE_SECONDS``); :meth:`invalidate` makes this function's own rollbacks
-    visible at once. Only serving cities are cached: a city that is unknown or has no
-    model yet is read again on the next call, so a newly published city answers at
-    once ("drop a CSV and it is queryable"); such requests are authenticated and
-    limited to the key's cities. The cache holds at most ``max_entries`` cities (the
-    oldest entry goes first).
+    rollback) is a cut-over scheduled at least ``ttl_seconds`` (``ALIAS_CACHE_SECONDS``)
+    ahead (:meth:`citymodels.registry.Registry.publish`): by that instant every cached
+    copy older than the move has expired here and in every other execution environment,
+    and the copies that know the move answer the previous version until then. So once
+    any answer comes from the new version, none comes from an older one, and no request
+    reads DynamoDB for it. An entry's lifetime counts from before its read was sent.
+
+    Only serving cities are cached: a city that is unknown or has no model yet is read
+    again on the next call, so a newly published city answers at once ("drop a CSV and
+    it is queryable"; a city's first version needs no cut-over); such requests are
+    authenticated and limited to the key's cities. The cache holds at most
+    ``max_entries`` cities (the oldest entry goes first).
 
     Parameters
     ----------
@@ -430,9 +462,11 @@ class AliasCache:
     ttl_seconds
         How long an answer is reused; 0 reads the registry every time.
     clock
-        Monotonic seconds; injectable for tests.
+        Monotonic seconds for the entries' lifetime; injectable for tests.
     max_entries
         Bound on the cached cities.
+    wall_clock
+        Epoch seconds, compared with cut-over instants; injectable for tests.
     """
 
     def __init__(
@@ -442,12 +476,14 @@ class AliasCache:
         clock: Callable[[], float] = time.monotonic,
         *,
         max_entries: int = 1024,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if not ttl_seconds >= 0:
             raise ValueError(f"ttl_seconds must be >= 0, got {ttl_seconds!r}")
         self._registry = registry
         self._ttl = ttl_seconds
         self._clock = clock
+        self._wall = wall_clock
         self._max = max_entries
         self._entries: dict[str, tuple[float, Alias]] = {}
 
@@ -467,6 +503,8 @@ class AliasCache:
                 known=True,
                 version=record.current if record.serving else None,
                 removed=record.removed,
+                previous=(record.previous or None) if record.serving else None,
+                cutover_at=record.cutover_epoch(),
             )
         if self._ttl > 0 and alias.version is not None:
             self._entries.pop(city, None)
@@ -488,20 +526,27 @@ class AliasCache:
         alias = self.get(city)
         if not alias.known:
             raise UnknownCity(f"nothing was ever uploaded for city {city!r}", field="city")
-        if alias.version is None and alias.removed:
+        version = alias.answering(self._wall())
+        if version is None and alias.removed:
             raise NoModelServing(
                 f"city {city!r} was removed: no model serves it until a rollback or a new "
                 f"published upload (citymodels rollback {city} VERSION)",
                 field="city",
             )
-        if alias.version is None:
+        if version is None and alias.version is not None:
+            raise NoModelServing(
+                f"city {city!r} was removed; version {alias.version} answers from "
+                f"{epoch_iso(alias.cutover_at)} (its cut-over)",
+                field="city",
+            )
+        if version is None:
             raise NoModelServing(
                 f"city {city!r} has no published model: its upload may still be processing "
                 f"or training, or none was published; its uploads and why: "
                 f"citymodels status {city} (GET /cities/{city})",
                 field="city",
             )
-        return alias.version
+        return version
 
     def invalidate(self, city: str) -> None:
         """Forget a city's alias (after this function moved it)."""
@@ -956,6 +1001,8 @@ class CityApi:
         (``API_DEADLINE_SECONDS``).
     clock
         Monotonic seconds for the alias cache; injectable for tests.
+    wall_clock
+        Epoch seconds, compared with cut-over instants; injectable for tests.
     """
 
     def __init__(
@@ -966,6 +1013,7 @@ class CityApi:
         alias_cache_seconds: float,
         deadline_seconds: float,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._registry_factory = registry
         self._endpoint_factory = endpoint
@@ -975,6 +1023,7 @@ class CityApi:
         self._alias_cache_seconds = alias_cache_seconds
         self.deadline_seconds = deadline_seconds
         self._clock = clock
+        self._wall = wall_clock
 
     @property
     def registry(self) -> Registry:
@@ -994,14 +1043,16 @@ class CityApi:
     def aliases(self) -> AliasCache:
         """The alias cache (created on first use)."""
         if self._aliases is None:
-            self._aliases = AliasCache(self.registry, self._alias_cache_seconds, self._clock)
+            self._aliases = AliasCache(
+                self.registry, self._alias_cache_seconds, self._clock, wall_clock=self._wall
+            )
         return self._aliases
 
     def list_cities(self, caller: Caller) -> CityList:
         """Return the cities ``caller`` may see, with their current version and metrics."""
         return CityList(
             cities=[
-                city_summary(city)
+                city_summary(city, self._wall())
                 for city in self.registry.list_cities()
                 if caller.may_see(city.city)
             ]
@@ -1017,7 +1068,7 @@ class CityApi:
         validate_city_id(city)
         caller.require_city(city)
         record = self.registry.get_city(city)
-        return city_detail(record, self.registry.list_runs(city))
+        return city_detail(record, self.registry.list_runs(city), self._wall())
 
     def predict(
         self,
@@ -1084,9 +1135,11 @@ class CityApi:
             raise BadRequest("'version' must be a string", field="version")
         validate_version(version)  # a malformed id is the client's mistake, whatever the city
         self.registry.get_city(city)
-        moved = self.registry.rollback(city, version)
+        moved = self.registry.rollback(
+            city, version, cutover_seconds=self._alias_cache_seconds + CUTOVER_MARGIN_SECONDS
+        )
         self.aliases.invalidate(city)
-        return city_summary(moved)
+        return city_summary(moved, self._wall())
 
 
 # -- the authorizer ------------------------------------------------------------------

@@ -41,6 +41,7 @@ from citymodels.errors import CityModelsError, InvalidCityId, InvalidKey
 from citymodels.gate import GateResult, run_gate
 from citymodels.jobs import job_name, parse_job_name, validate_stack_name
 from citymodels.registry import (
+    CUTOVER_MARGIN_SECONDS,
     DUPLICATE,
     FAILED,
     IN_PROGRESS,
@@ -350,6 +351,7 @@ class PipelineSettings:
     retry_queue_url: str = ""
     endpoint_name: str = ""
     gate_tolerance: float = 0.05
+    alias_cache_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         validate_stack_name(self.stack)
@@ -380,7 +382,8 @@ class PipelineSettings:
             Processing and training also read ``SAGEMAKER_ROLE_ARN`` and
             ``CAPACITY_RETRY_QUEUE_URL``.
         gate
-            It runs the quality gate: ``ENDPOINT_NAME``, ``GATE_TOLERANCE``.
+            It runs the quality gate and moves the alias: ``ENDPOINT_NAME``,
+            ``GATE_TOLERANCE``, ``ALIAS_CACHE_SECONDS`` (the cut-over's lead).
 
         Raises
         ------
@@ -417,6 +420,7 @@ class PipelineSettings:
         if gate:
             values["endpoint_name"] = env("ENDPOINT_NAME")
             values["gate_tolerance"] = env_float("GATE_TOLERANCE")
+            values["alias_cache_seconds"] = env_float("ALIAS_CACHE_SECONDS")
         return cls(**values)
 
 
@@ -1007,6 +1011,7 @@ class Pipeline:
             model_key=model_key,
             reason=_clip(gate.reason),
             expected_status=[TRAINING],
+            cutover_seconds=self.settings.alias_cache_seconds + CUTOVER_MARGIN_SECONDS,
         )
         if not published:
             latest = self.registry.get_run(city, run)

@@ -5,7 +5,8 @@ Single-table layout (partition key ``pk``, sort key ``sk``, both strings):
 
 | item | pk | sk | attributes |
 |---|---|---|---|
-| city | ``CITIES`` | ``{city}`` | current, newest_published, pinned, removed, counts, times |
+| city | ``CITIES`` | ``{city}`` | current, previous, cutover_at, alias_rev, |
+|  |  |  | newest_published, pinned, removed, counts, times |
 | run (one per upload) | ``CITY#{city}`` | ``RUN#{id}`` | key, status, reason, sha256, |
 |  |  |  | attempt, job names, metrics, gate, model_key |
 | content | ``CITY#{city}`` | ``CONTENT#{sha256}`` | attempts, last_run, published_version |
@@ -32,6 +33,14 @@ a run and its city's record (:meth:`Registry.create_run`), a run naming its job 
 job's record (:meth:`Registry.name_job`), and the alias, the run and its content's record
 (:meth:`Registry.publish`).
 
+An alias move is a scheduled cut-over (docs/design.md §3, "cut-over"): the city item
+keeps the version that answered until now (``previous``) and the instant
+(``cutover_at``) from which ``current`` answers, at least the readers' cache lifetime
+ahead. Every reader whose cached copy predates the move has dropped it by that instant,
+and every reader that has the new copy answers ``previous`` until then, so once any
+reader answers the new version no reader answers an older one. One move at a time: a
+move waits for a pending cut-over's instant first.
+
 This module uses only boto3 (present in every Lambda runtime): no pandas, no numpy.
 """
 
@@ -39,7 +48,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -131,7 +141,30 @@ class NotPublishable(RegistryError):
 
 def now_iso() -> str:
     """Return the current UTC time as ISO 8601 with milliseconds and ``Z``."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return epoch_iso(time.time())
+
+
+def epoch_iso(epoch: float) -> str:
+    """Return epoch seconds as UTC ISO 8601 with milliseconds and ``Z``."""
+    when = datetime.fromtimestamp(epoch, timezone.utc)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def iso_epoch(text: str) -> float:
+    """Return the epoch seconds of a time written by :func:`epoch_iso`."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+CUTOVER_MARGIN_SECONDS = 0.25
+"""Added to the readers' cache lifetime when scheduling a cut-over: it covers the alias
+write's own latency and the readers' clock skew (docs/design.md §3, "cut-over")."""
+
+
+class AliasBusy(RegistryError):
+    """Another alias move kept winning the race for this city."""
+
+    code = "alias_busy"
+    status_code = 409
 
 
 @dataclass
@@ -180,6 +213,9 @@ class City:
 
     city: str
     current: str = ""
+    previous: str = ""
+    cutover_at: str = ""
+    alias_rev: int = 0
     newest_published: str = ""
     pinned: bool = False
     removed: bool = False
@@ -189,14 +225,32 @@ class City:
 
     @property
     def serving(self) -> bool:
-        """Whether a model answers for this city."""
+        """Whether a model answers for this city (now, or once the cut-over is due)."""
         return bool(self.current) and not self.removed
+
+    def cutover_epoch(self) -> float:
+        """Return the instant (epoch seconds) from which ``current`` answers; 0 if none."""
+        return iso_epoch(self.cutover_at) if self.cutover_at else 0.0
+
+    def answering(self, now: float | None = None) -> str | None:
+        """Return the version that answers at ``now`` (epoch seconds), or None.
+
+        ``current`` from its cut-over instant on, ``previous`` before it (None if
+        nothing answered before the move); None when the city was removed.
+        """
+        if self.removed or not self.current:
+            return None
+        if (time.time() if now is None else now) >= self.cutover_epoch():
+            return self.current
+        return self.previous or None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the city as a JSON-ready mapping."""
         return {
             "city": self.city,
             "current_version": self.current if not self.removed else None,
+            "answering_version": self.answering(),
+            "cutover_at": self.cutover_at or None,
             "newest_published": self.newest_published or None,
             "pinned": self.pinned,
             "removed": self.removed,
@@ -263,9 +317,17 @@ class Registry:
         The table (stack output ``RegistryTable``).
     client
         A boto3 DynamoDB client; one is created (once) when omitted. Tests pass their own.
+    clock
+        Epoch seconds, for scheduling cut-overs; injectable for tests.
     """
 
-    def __init__(self, table_name: str, client: Any | None = None) -> None:
+    def __init__(
+        self,
+        table_name: str,
+        client: Any | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         if client is None:
             import boto3
 
@@ -274,6 +336,7 @@ class Registry:
 
         self.table_name = table_name
         self._client = client
+        self.clock = clock
         self._ser = TypeSerializer()
         self._de = TypeDeserializer()
 
@@ -654,13 +717,16 @@ class Registry:
         model_key: str,
         reason: str = "",
         expected_status: Sequence[str] | None = None,
+        cutover_seconds: float = 0.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> bool:
         """Move the alias to ``version`` if it is newer than every version ever published.
 
-        The alias, the run (PUBLISHED, with its model) and its content's record (so the
-        same bytes uploaded again are a duplicate of this version) change in one
-        transaction: whatever happens to the caller, the version served is listed,
-        can be rolled back to, and is never trained again.
+        The alias (a cut-over, see the module's docstring), the run (PUBLISHED, with its
+        model) and its content's record (so the same bytes uploaded again are a
+        duplicate of this version) change in one transaction: whatever happens to the
+        caller, the version served is listed, can be rolled back to, and is never
+        trained again.
 
         Parameters
         ----------
@@ -668,6 +734,12 @@ class Registry:
             The run's reason (the quality gate's verdict).
         expected_status
             When given, publish only if the run's status is one of these.
+        cutover_seconds
+            How far ahead the cut-over is scheduled: the longest any reader caches the
+            alias (``AliasCacheSeconds``) plus :data:`CUTOVER_MARGIN_SECONDS`. A city's
+            first version answers at once (no reader can hold an older one).
+        sleep
+            Waits for a pending cut-over; injectable for tests.
 
         Returns
         -------
@@ -682,39 +754,49 @@ class Registry:
             The city has no such run.
         """
         record = self.get_run(city, version)  # its content hash does not change
-        now = now_iso()
-        alias = self._update_request(
-            "CITIES",
-            city,
-            {
-                "city": city,
-                "current": version,
-                "newest_published": version,
-                "pinned": False,
-                "removed": False,
-                "current_metrics": dict(metrics),
-                "updated_at": now,
-            },
-            condition="attribute_not_exists(newest_published) OR newest_published < :v",
-            condition_values={":v": version},
-        )
-        run = self._run_update(
-            city,
-            version,
-            {"status": PUBLISHED, "reason": reason, "published_at": now, "model_key": model_key},
-            expected_status,
-        )
-        updates = [alias, run]
-        if record.sha256:
-            updates.append(
+        content = (
+            [
                 self._update_request(
                     f"CITY#{city}", f"CONTENT#{record.sha256}", {"published_version": version}
                 )
-            )
-        return self._transact(*updates)
+            ]
+            if record.sha256
+            else []
+        )
 
-    def rollback(self, city: str, version: str) -> City:
-        """Pin the alias to an earlier published version.
+        def write(alias: dict[str, Any], now: float) -> bool | None:
+            run = self._run_update(
+                city,
+                version,
+                {"status": PUBLISHED, "reason": reason, "published_at": epoch_iso(now),
+                 "model_key": model_key},
+                expected_status,
+            )  # fmt: skip
+            if self._transact(alias, run, *content):
+                return True
+            if expected_status and self.get_run(city, version).status not in expected_status:
+                return False  # the run moved on: nothing changes
+            return None  # the alias moved meanwhile: read it again
+
+        return self._move_alias(
+            city,
+            version,
+            {"newest_published": version, "pinned": False, "current_metrics": dict(metrics)},
+            write,
+            newer_only=True,
+            cutover_seconds=cutover_seconds,
+            sleep=sleep,
+        )
+
+    def rollback(
+        self,
+        city: str,
+        version: str,
+        *,
+        cutover_seconds: float = 0.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> City:
+        """Pin the alias to an earlier published version, cut over as a publish is.
 
         Raises
         ------
@@ -728,15 +810,99 @@ class Registry:
                 "only published versions can be served",
                 field="version",
             )
-        run_metrics = run.metrics
-        item = self._update(
-            "CITIES",
+
+        moved: list[City] = []
+
+        def write(alias: dict[str, Any], now: float) -> bool | None:
+            try:
+                answer = self._client.update_item(**alias, ReturnValues="ALL_NEW")
+            except self._condition_failed:
+                return None  # another move came in between: read it again
+            moved.append(_city(self._plain(answer["Attributes"])))
+            return True
+
+        self._move_alias(
             city,
-            {"current": version, "pinned": True, "removed": False, "current_metrics": run_metrics,
-             "updated_at": now_iso()},
-            condition="attribute_exists(newest_published)",
-        )  # fmt: skip
-        return _city(item)
+            version,
+            {"pinned": True, "current_metrics": run.metrics},
+            write,
+            newer_only=False,
+            cutover_seconds=cutover_seconds,
+            sleep=sleep,
+        )
+        return moved[0]
+
+    def _move_alias(
+        self,
+        city: str,
+        version: str,
+        values: Mapping[str, Any],
+        write: Callable[[dict[str, Any], float], bool | None],
+        *,
+        newer_only: bool,
+        cutover_seconds: float,
+        sleep: Callable[[float], None],
+        attempts: int = 8,
+    ) -> bool:
+        """Schedule the cut-over of ``city``'s alias to ``version``.
+
+        Read the city, wait out a pending cut-over, then ``write`` the update of the
+        city's item (with whatever must change with it) that sets ``current``,
+        ``previous`` (what answers now) and ``cutover_at``, on the condition that no
+        other move came in between (``alias_rev``). A publish also needs ``version`` to
+        be newer than every version published before.
+
+        Returns
+        -------
+        bool
+            False when a newer version was published (a publish only) or ``write``
+            said so; True when written.
+        """
+        for _ in range(attempts):
+            item = self._get("CITIES", city)
+            record = _city(item) if item else City(city=city)
+            now = self.clock()
+            pending = record.cutover_epoch() - now
+            if pending > 0:
+                sleep(pending + 0.01)
+                continue
+            if newer_only and record.newest_published and record.newest_published >= version:
+                return False
+            # A city nothing ever answered for cuts over at once: no reader holds an
+            # older version of it. A removed city answers nothing until the instant.
+            at = now + cutover_seconds if record.current else now
+            condition_values: dict[str, Any] = {}
+            condition = "attribute_not_exists(alias_rev)"
+            if record.alias_rev:
+                condition, condition_values = "alias_rev = :rev", {":rev": record.alias_rev}
+            if newer_only:
+                condition += (
+                    " AND (attribute_not_exists(newest_published) OR newest_published < :v)"
+                )
+                condition_values[":v"] = version
+            alias = self._update_request(
+                "CITIES",
+                city,
+                {
+                    "city": city,
+                    **values,
+                    "current": version,
+                    "previous": record.answering(now) or "",
+                    "cutover_at": epoch_iso(at),
+                    "alias_rev": record.alias_rev + 1,
+                    "removed": False,
+                    "updated_at": epoch_iso(now),
+                },
+                condition=condition,
+                condition_values=condition_values,
+            )
+            written = write(alias, now)
+            if written is not None:
+                return written
+        raise AliasBusy(
+            f"the alias of {city} moved under this change {attempts} times; try again",
+            field="city",
+        )
 
     def remove(self, city: str) -> City:
         """Stop serving a city (its uploads, runs and models are kept)."""

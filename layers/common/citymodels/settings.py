@@ -21,7 +21,7 @@ request; :func:`env` adds the variable's name to the error. The pipeline's funct
 | ``LINEAR_LEARNER_MINI_BATCH_SIZE``, ``_EPOCHS``, ``_NUM_MODELS``, ``_LOSS`` | train, retry, reconcile | the Linear Learner hyperparameters that are choices (:data:`citymodels.pipeline.HYPERPARAMETER_VARIABLES`) |
 | ``CAPACITY_RETRY_QUEUE_URL`` | onboard, train, retry, reconcile | delayed retries after ResourceLimitExceeded |
 | ``GATE_TOLERANCE`` | publish, reconcile | the quality gate's tolerance (e.g. ``0.05``) |
-| ``ALIAS_CACHE_SECONDS`` | predict | how long an alias lookup is reused (e.g. ``5``) |
+| ``ALIAS_CACHE_SECONDS`` | predict, publish, reconcile | how long an alias lookup is reused (e.g. ``5``); a publish schedules its cut-over that far ahead |
 | ``API_DEADLINE_SECONDS`` | predict | time budget for retries within the API's limit |
 | ``STUCK_RUN_SECONDS`` | reconcile | a run in flight longer is examined (``StuckRunSeconds``) |
 | ``FAIL_STUCK_RUN_SECONDS`` | reconcile | a run stuck longer is FAILED (``FailStuckRunSeconds``) |
