@@ -386,7 +386,8 @@ def _status(args: argparse.Namespace) -> int:
     if args.city:
         data = operations.city_detail(registry, args.city)
     else:
-        data = {"cities": operations.cities_overview(registry)}
+        cities, last = operations.cities_overview(registry, limit=args.limit, after=args.after)
+        data = {"cities": cities, "next_after": last}
         data["runs"] = operations.run_counts(registry, stuck_after_seconds=args.stuck_after)
         bucket = stack.outputs.get("DataBucket")
         if bucket:
@@ -401,6 +402,11 @@ def _status(args: argparse.Namespace) -> int:
         _render_city(data, _stack_flags(args))
     else:
         _render_cities(data["cities"], _stack_flags(args))
+        if last is not None:
+            _err().print(
+                _text(f"more cities: citymodels status --after {last}{_stack_flags(args)}"),
+                soft_wrap=True,
+            )
         _render_run_counts(data["runs"])
     if "rejected_keys" in data:
         _render_rejected_keys(data["rejected_keys"], _stack_flags(args))
@@ -1119,14 +1125,26 @@ def _add_operator_commands(commands: Any) -> None:
         _status,
         help="cities and their uploads, stuck and failed runs, and the failure queue",
         description=(
-            "Without CITY: every city, the version it serves and its newest upload, and "
-            "how many runs are in flight, stuck (in flight longer than --stuck-after) and "
-            "failed. With CITY: its uploads newest first (key, run, status, reason, "
+            "Without CITY: the cities a page at a time in id order (--limit, --after), the "
+            "version each serves and its newest upload, and how many runs are in flight, "
+            "stuck (in flight longer than --stuck-after) and failed. With CITY: its uploads newest first (key, run, status, reason, "
             "attempt, metrics). Also the messages waiting in the failure queue when the "
             "stack has one (output FailureQueueUrl); looking does not remove them."
         ),
     )
     status.add_argument("city", metavar="CITY", nargs="?", help="one city's uploads")
+    status.add_argument(
+        "--limit",
+        type=_page_size,
+        default=50,
+        metavar="N",
+        help="cities per page, 1-1000 (default 50)",
+    )
+    status.add_argument(
+        "--after",
+        metavar="CITY",
+        help="start after this city (the page before ended with it; status says so)",
+    )
     status.add_argument(
         "--stuck-after",
         type=float,
@@ -1356,6 +1374,17 @@ def _add_operator_commands(commands: Any) -> None:
     cleanup.add_argument(
         "--yes", action="store_true", help="do not ask (required when not on a terminal)"
     )
+
+
+def _page_size(text: str) -> int:
+    """``--limit``: a whole number within a page's bounds (1..1000)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 1000, not {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -242,10 +242,24 @@ def wait_for_run(
 # -- status ----------------------------------------------------------------------------
 
 
-def cities_overview(registry: Registry) -> list[dict[str, Any]]:
-    """Return every city with its serving state and its newest upload."""
+STATUS_PAGE = 50
+"""Cities per page of ``citymodels status`` unless ``--limit`` says otherwise."""
+
+
+def cities_overview(
+    registry: Registry, *, limit: int = STATUS_PAGE, after: str | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Return a page of cities (in id order, after ``after``) with their serving state
+    and newest upload, and the city to continue after (None on the last page).
+
+    A page reads one range of the registry's city items and each of its cities' runs,
+    never the whole table: ``citymodels status`` stays fast at 10,000 cities.
+    """
+    cities, last = registry.list_cities_page(
+        ("*",), after=validate_city_id(after) if after else None, limit=limit
+    )
     overview = []
-    for city in registry.list_cities():
+    for city in cities:
         runs = registry.list_runs(city.city)
         overview.append(
             {
@@ -254,7 +268,7 @@ def cities_overview(registry: Registry) -> list[dict[str, Any]]:
                 "newest_upload": runs[0].to_dict() if runs else None,
             }
         )
-    return overview
+    return overview, last
 
 
 DEFAULT_STUCK_AFTER_SECONDS = 5400.0

@@ -28,7 +28,7 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import (
     RequestValidationError,
     ResponseValidationError,
 )
-from aws_lambda_powertools.event_handler.openapi.params import Body, Path
+from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -145,13 +145,26 @@ def _openapi_json() -> str:
 
 @app.get(
     "/cities",
-    summary="Cities this key may see",
+    summary="Cities this key may see, a page at a time",
     security=SECURITY,
-    responses=_responses("The cities, with their current version and metrics"),
+    responses=_responses("A page of cities in id order, with version and metrics", 400),
 )
-def list_cities() -> api.CityList:
-    """The cities the key's patterns grant, with their current version and metrics."""
-    return service.list_cities(_caller())
+def list_cities(
+    limit: Annotated[
+        int, Query(ge=1, le=api.MAX_PAGE, description="Cities per page (1-1000)")
+    ] = api.DEFAULT_PAGE,
+    next_token: Annotated[
+        str | None,
+        Query(
+            alias="next",
+            pattern=api.PAGE_TOKEN_PATTERN,
+            description="The `next` of the previous page's answer",
+        ),
+    ] = None,
+) -> api.CityList:
+    """The cities the key's patterns grant, in id order, with version and metrics;
+    `next` in the answer asks for the following page."""
+    return service.list_cities(_caller(), limit=limit, next_token=next_token)
 
 
 @app.get(
@@ -237,7 +250,7 @@ def domain_error(err: CityModelsError) -> Response[Any]:
 @app.exception_handler(RequestValidationError)  # type: ignore[untyped-decorator]
 def invalid_request(err: RequestValidationError) -> Response[Any]:
     first = err.errors()[0] if err.errors() else {}
-    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "path")]
+    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "path", "query")]
     field = ".".join(location) or "body"
     if first.get("type") == "json_invalid":
         return _error(400, "bad_request", "the request body is not valid JSON", "body")

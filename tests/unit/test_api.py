@@ -21,6 +21,7 @@ from moto import mock_aws
 from openapi_spec_validator import validate as validate_openapi
 
 from citymodels import api
+from citymodels.auth import city_allowed
 from citymodels.endpoint import EndpointClient
 from citymodels.registry import (
     CUTOVER_MARGIN_SECONDS,
@@ -380,7 +381,7 @@ def test_a_request_without_authorizer_context_fails_closed(
     status, body, _ = call(
         predict_app, load_event("api_get_cities") | {"requestContext": {}}, lambda_context
     )
-    assert (status, body) == (200, {"cities": []})
+    assert (status, body) == (200, {"cities": [], "next": None})
     assert runtime.calls == []
 
 
@@ -789,7 +790,72 @@ def test_cities_lists_only_what_the_key_may_see_with_version_and_metrics(
     assert listed["NewYork_NY"]["metrics"] == {"test:mae": 1234.5}
     assert listed["SanJose_CA"]["current_version"] is None
     status, body, _ = call(predict_app, event_for("api_get_cities", cities="*"), lambda_context)
-    assert len(body["cities"]) == 4
+    assert len(body["cities"]) == 4 and body["next"] is None
+
+
+def get_cities(predict_app: ModuleType, context: Any, query: dict[str, str], cities: str) -> Any:
+    event = event_for("api_get_cities", cities=cities)
+    event["queryStringParameters"] = query
+    event["multiValueQueryStringParameters"] = {k: [v] for k, v in query.items()}
+    return call(predict_app, event, context)
+
+
+def test_cities_come_a_page_at_a_time_in_id_order_whatever_the_key_grants(
+    predict_app: ModuleType,
+    service: api.CityApi,
+    registry: CountingRegistry,
+    dynamodb: Any,
+    lambda_context: FakeLambdaContext,
+) -> None:
+    # GIVEN 30 cities, some sharing prefixes, and ids that sort close together
+    names = sorted(
+        [f"City{i:02d}" for i in range(20)]
+        + ["San", "San-Jose", "San0", "SanDiego_CA", "SanJose_CA", "Sana", "Sb", "Sa", "S", "Z"]
+    )
+    for name in names:
+        uploaded(registry, name, V1, FAILED, "x")
+    queries: list[dict[str, Any]] = []
+
+    def count(params: dict[str, Any], **_: Any) -> None:
+        queries.append(params)
+
+    dynamodb.meta.events.register("before-parameter-build.dynamodb.Query", count)
+    for grants in ["*", "San*,City1*", "San*,San-Jose,Z,Nowhere", "City05"]:
+        granted = [n for n in names if city_allowed(grants.split(","), n)]
+        # WHEN the key pages through with limit 4
+        seen, query = [], {"limit": "4"}
+        while True:
+            queries.clear()
+            status, body, _ = get_cities(predict_app, lambda_context, query, grants)
+            assert status == 200, body
+            page = [c["city"] for c in body["cities"]]
+            assert len(page) <= 4
+            # each pattern reads its own key range, at most limit + 1 items: never a scan
+            assert len(queries) <= len(grants.split(","))
+            assert all(q["Limit"] == 5 for q in queries)
+            seen += page
+            if body["next"] is None:
+                break
+            assert len(page) == 4
+            query = {"limit": "4", "next": body["next"]}
+        # THEN it sees every city its patterns grant, once each, in id order
+        assert seen == granted, grants
+    dynamodb.meta.events.unregister("before-parameter-build.dynamodb.Query", count)
+
+
+def test_a_bad_page_request_is_a_400_naming_the_parameter(
+    predict_app: ModuleType, service: api.CityApi, lambda_context: FakeLambdaContext
+) -> None:
+    for query, field in [
+        ({"limit": "0"}, "limit"),
+        ({"limit": "1001"}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"next": "%%%"}, "next"),
+        ({"next": api.page_token("9lives")}, "next"),  # decodes, but to no city id
+        ({"next": "AAAA"}, "next"),
+    ]:
+        status, body, _ = get_cities(predict_app, lambda_context, query, "*")
+        assert (status, body["code"], body.get("field")) == (400, "bad_request", field), query
 
 
 def test_city_details_list_versions_newest_first_and_every_upload(

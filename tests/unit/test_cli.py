@@ -326,6 +326,27 @@ def test_status_shows_cities_uploads_and_the_failure_queue(run, aws: Aws, output
     assert uploads.index(V2) < uploads.index(V1)
 
 
+def test_status_pages_through_the_cities_in_id_order(run, aws: Aws, outputs: Path, capsys):
+    for city in ("Austin_TX", "Boston_MA", "Chicago_IL", "Dallas_TX", "Denver_CO"):
+        seed_run(aws, V1, FAILED, city=city, reason="x")
+    first = run("status", "--outputs", outputs, "--limit", "2", "--json").json()
+    assert [c["city"] for c in first["cities"]] == ["Austin_TX", "Boston_MA"]
+    assert first["next_after"] == "Boston_MA"
+    # the text says how to get the next page
+    shown = run("status", "--outputs", outputs, "--limit", "2")
+    assert "citymodels status --after Boston_MA" in " ".join(shown.err.split())
+    seen = [c["city"] for c in first["cities"]]
+    after = first["next_after"]
+    while after:
+        page = run("status", "--outputs", outputs, "--limit", "2", "--after", after, "--json")
+        seen += [c["city"] for c in page.json()["cities"]]
+        after = page.json()["next_after"]
+    assert seen == ["Austin_TX", "Boston_MA", "Chicago_IL", "Dallas_TX", "Denver_CO"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["status", "--outputs", str(outputs), "--limit", "0"])
+    assert exit_info.value.code == 2 and "from 1 to 1000" in capsys.readouterr().err
+
+
 def test_status_counts_runs_in_flight_stuck_and_failed(run, aws: Aws, outputs: Path):
     # GIVEN two runs in flight (one of them a second), a failed one and a published one
     seed_published(aws, V1, 9512.0)

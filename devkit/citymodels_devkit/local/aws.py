@@ -506,6 +506,9 @@ def build_aws_app(
     """
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
+    from citymodels_devkit.local import dynamodb
+
+    dynamodb.install()  # transactions that cost the items they write, not the whole table
     bus = events if events is not None else MotoEventBus(account_id, region)
     if jobs is None:
         jobs = JobService(

@@ -63,6 +63,7 @@ from citymodels.errors import (
 from citymodels.layout import target_model
 from citymodels.registry import (
     CUTOVER_MARGIN_SECONDS,
+    MAX_PAGE,
     City,
     Registry,
     Run,
@@ -220,9 +221,42 @@ class CitySummary:
 
 @dataclass
 class CityList:
-    """``GET /cities``: the cities the key may see."""
+    """``GET /cities``: a page of the cities the key may see, in id order."""
 
     cities: list[CitySummary]
+    next: Annotated[
+        str | None,
+        Field(description="Pass as `next` for the following page; null on the last page"),
+    ] = None
+
+
+DEFAULT_PAGE = 100
+"""Cities per page of ``GET /cities`` unless ``limit`` says otherwise."""
+
+PAGE_TOKEN_PATTERN = r"^[A-Za-z0-9_-]{1,88}$"
+"""A ``next`` token as :func:`page_token` writes it (URL-safe base64, no padding)."""
+
+
+def page_token(city: str) -> str:
+    """Return the opaque ``next`` token of a page that ends with ``city``."""
+    return base64.urlsafe_b64encode(city.encode()).decode().rstrip("=")
+
+
+def page_after(token: str) -> str:
+    """Return the city a ``next`` token continues after.
+
+    Raises
+    ------
+    BadRequest
+        Not a token :func:`page_token` wrote.
+    """
+    try:
+        city = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        return validate_city_id(city)
+    except (ValueError, CityModelsError) as err:
+        raise BadRequest(
+            "'next' is not a page token from an earlier answer of GET /cities", field="next"
+        ) from err
 
 
 @dataclass
@@ -1048,14 +1082,27 @@ class CityApi:
             )
         return self._aliases
 
-    def list_cities(self, caller: Caller) -> CityList:
-        """Return the cities ``caller`` may see, with their current version and metrics."""
+    def list_cities(
+        self, caller: Caller, *, limit: int = DEFAULT_PAGE, next_token: str | None = None
+    ) -> CityList:
+        """Return a page of the cities ``caller`` may see, with version and metrics.
+
+        Each of the key's patterns reads only its own key range, at most ``limit + 1``
+        items (:meth:`Registry.list_cities_page`): no request scans the registry.
+
+        Raises
+        ------
+        BadRequest
+            ``limit`` outside 1..1000, or ``next_token`` not from an earlier page.
+        """
+        if not 1 <= limit <= MAX_PAGE:
+            raise BadRequest(f"'limit' must be within 1..{MAX_PAGE}", field="limit")
+        after = page_after(next_token) if next_token is not None else None
+        cities, last = self.registry.list_cities_page(caller.patterns, after=after, limit=limit)
+        now = self._wall()
         return CityList(
-            cities=[
-                city_summary(city, self._wall())
-                for city in self.registry.list_cities()
-                if caller.may_see(city.city)
-            ]
+            cities=[city_summary(city, now) for city in cities],
+            next=page_token(last) if last is not None else None,
         )
 
     def get_city(self, caller: Caller, city: str) -> CityDetail:

@@ -477,8 +477,43 @@ class Registry:
         return _city(item)
 
     def list_cities(self) -> list[City]:
-        """Return every known city, sorted by id."""
+        """Return every known city, sorted by id (operators' tools; the API pages)."""
         return [_city(item) for item in self._query("CITIES")]
+
+    def list_cities_page(
+        self, patterns: Sequence[str] = ("*",), *, after: str | None = None, limit: int = 100
+    ) -> tuple[list[City], str | None]:
+        """Return up to ``limit`` cities granted by ``patterns``, sorted by id, after ``after``.
+
+        One Query per pattern, each on the key range the pattern covers (``*``: every
+        city; ``San*``: the ids starting with ``San``; ``NewYork_NY``: that id), reading
+        at most ``limit + 1`` items: never the whole table, however many cities there
+        are and however few the patterns grant.
+
+        Returns
+        -------
+        tuple
+            ``(cities, last)``: ``last`` is the id of the page's last city when more
+            follow (pass it as ``after`` for the next page), else None.
+        """
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit must be within 1..{MAX_PAGE}, got {limit}")
+        found: dict[str, City] = {}
+        for low, high in _city_ranges(patterns, after):
+            answer = self._client.query(
+                TableName=self.table_name,
+                KeyConditionExpression="pk = :pk AND sk BETWEEN :low AND :high",
+                ExpressionAttributeValues=self._item({":pk": "CITIES", ":low": low, ":high": high}),
+                Limit=limit + 1,
+                ConsistentRead=False,
+            )
+            for item in answer.get("Items", []):
+                city = _city(self._plain(item))
+                found[city.city] = city
+        ordered = [found[name] for name in sorted(found)]
+        if len(ordered) > limit:
+            return ordered[:limit], ordered[limit - 1].city
+        return ordered, None
 
     def _touch_city_update(self, city: str) -> dict[str, Any]:
         """The update that creates the city's record (on its first upload) or dates it."""
@@ -974,6 +1009,34 @@ class Registry:
             raise UnknownKey(f"no API key with id {key_id!r}", field="key_id")
         self._update(f"KEY#{listing['hash']}", "KEY", {"revoked": True})
         return _key(self._update("KEYS", key_id, {"revoked": True}))
+
+
+# -- city pages ----------------------------------------------------------------------
+
+MAX_PAGE = 1000
+"""The most cities one page holds."""
+
+_FIRST_ID_CHAR, _PAST_ID_CHARS = "-", "~"
+"""City ids are ASCII letters, digits, ``_`` and ``-``: ``-`` sorts before every other
+one of those characters and ``~`` after them all, so ``id + "-"`` is the first possible
+id after ``id`` and ``prefix + "~"`` sorts after every id starting with ``prefix``."""
+
+
+def _city_ranges(patterns: Sequence[str], after: str | None) -> list[tuple[str, str]]:
+    """The sort-key ranges (inclusive) of the cities ``patterns`` grant, after ``after``."""
+    ranges = []
+    for pattern in patterns:
+        if pattern == "*":
+            low, high = _FIRST_ID_CHAR, _PAST_ID_CHARS
+        elif pattern.endswith("*"):
+            low, high = pattern[:-1], pattern[:-1] + _PAST_ID_CHARS
+        else:
+            low = high = pattern
+        if after is not None:
+            low = max(low, after + _FIRST_ID_CHAR)
+        if low <= high:
+            ranges.append((low, high))
+    return ranges
 
 
 # -- conversions ---------------------------------------------------------------------
