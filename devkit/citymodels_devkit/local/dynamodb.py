@@ -124,5 +124,5 @@ def install() -> None:
         return
     from moto.dynamodb.models import DynamoDBBackend
 
-    DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+    DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign,assignment]
     _INSTALLED = True
