@@ -164,6 +164,8 @@ def list_cities(
 ) -> api.CityList:
     """The cities the key's patterns grant, in id order, with version and metrics;
     `next` in the answer asks for the following page."""
+    query = app.current_event.query_string_parameters or {}
+    api.reject_unknown_parameters(query, api.PAGE_PARAMETERS)
     return service.list_cities(_caller(), limit=limit, next_token=next_token)
 
 

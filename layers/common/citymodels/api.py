@@ -43,7 +43,7 @@ import io
 import json
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -226,20 +226,44 @@ class CityList:
     cities: list[CitySummary]
     next: Annotated[
         str | None,
-        Field(description="Pass as `next` for the following page; null on the last page"),
+        Field(
+            description="Pass as `next` for the following page (the id of this page's last "
+            "city); null on the last page"
+        ),
     ] = None
 
 
 DEFAULT_PAGE = 100
 """Cities per page of ``GET /cities`` unless ``limit`` says otherwise."""
 
-PAGE_TOKEN_PATTERN = r"^[A-Za-z0-9_-]{1,88}$"
-"""A ``next`` token as :func:`page_token` writes it (URL-safe base64, no padding)."""
+PAGE_TOKEN_PATTERN = f"^{CITY_ID_PATTERN.pattern}$"
+"""A ``next`` token: the id of the previous page's last city (any city id is one)."""
+
+
+PAGE_PARAMETERS = ("limit", "next")
+"""The query parameters ``GET /cities`` takes; any other is refused (400)."""
+
+
+def reject_unknown_parameters(names: Iterable[str], allowed: Sequence[str]) -> None:
+    """Refuse query parameters a route does not take, rather than ignore a typo.
+
+    Raises
+    ------
+    BadRequest
+        Naming the first unknown parameter and the ones the route takes.
+    """
+    unknown = sorted(set(names) - set(allowed))
+    if unknown:
+        raise BadRequest(
+            f"unknown query parameter {unknown[0]!r}; this route takes {', '.join(allowed)}",
+            field=unknown[0],
+        )
 
 
 def page_token(city: str) -> str:
-    """Return the opaque ``next`` token of a page that ends with ``city``."""
-    return base64.urlsafe_b64encode(city.encode()).decode().rstrip("=")
+    """Return the ``next`` token of a page that ends with ``city``: its id, so a client
+    (or a person) can also start a listing after any city."""
+    return city
 
 
 def page_after(token: str) -> str:
@@ -248,15 +272,12 @@ def page_after(token: str) -> str:
     Raises
     ------
     BadRequest
-        Not a token :func:`page_token` wrote.
+        Not a city id.
     """
     try:
-        city = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        return validate_city_id(city)
-    except (ValueError, CityModelsError) as err:
-        raise BadRequest(
-            "'next' is not a page token from an earlier answer of GET /cities", field="next"
-        ) from err
+        return validate_city_id(token)
+    except CityModelsError as err:
+        raise BadRequest(f"'next' must be a city id: {err}", field="next") from err
 
 
 @dataclass
