@@ -105,6 +105,8 @@ STOPPING: Final = "Stopping"
 STOPPED: Final = "Stopped"
 TERMINAL: Final = frozenset({COMPLETED, FAILED, STOPPED})
 
+JOBS_AGENT: Final = "cm-local-jobs"
+"""In the User-Agent of the job workers' S3 calls (SageMaker's own, on AWS)."""
 CONTAINER_ROOT: Final = "/opt/ml"
 PROCESSING_ROOT: Final = "/opt/ml/processing"
 JOB_NAME_PATTERN: Final = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
@@ -445,7 +447,10 @@ def _init_worker(endpoint_url: str | None, region: str, credentials: tuple[str, 
             region_name=region,
             aws_access_key_id=credentials[0],
             aws_secret_access_key=credentials[1],
-            config=Config(retries={"max_attempts": 3, "mode": "standard"}),
+            # the User-Agent tells the jobs' S3 calls from the functions' (bench --trace)
+            config=Config(
+                retries={"max_attempts": 3, "mode": "standard"}, user_agent_extra=JOBS_AGENT
+            ),
         )
         _worker_endpoint = endpoint_url
 

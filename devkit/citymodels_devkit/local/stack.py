@@ -55,6 +55,8 @@ LOCAL_IMAGES = {
 framework works; these make it plain that nothing is pulled)."""
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
+LOCAL_STACK_AGENT = "cm-local-stack"
+"""In the User-Agent of the stack's own calls: event routing, endpoint loads, metrics."""
 
 
 class PortInUse(OSError):
@@ -413,8 +415,13 @@ class _Clients:
         session = boto3.session.Session(
             aws_access_key_id="local", aws_secret_access_key="local", region_name=REGION
         )
-        # Many pollers share these clients: size the connection pool for them.
-        config = Config(max_pool_connections=64, retries={"mode": "standard", "max_attempts": 3})
+        # Many pollers share these clients: size the connection pool for them. The
+        # User-Agent tells the stack's own calls from the functions' (bench --trace).
+        config = Config(
+            max_pool_connections=64,
+            retries={"mode": "standard", "max_attempts": 3},
+            user_agent_extra=LOCAL_STACK_AGENT,
+        )
         self.s3 = session.client("s3", endpoint_url=url, config=config)
         self.dynamodb = session.client("dynamodb", endpoint_url=url, config=config)
         self.sqs = session.client("sqs", endpoint_url=url, config=config)
