@@ -380,8 +380,7 @@ CALL_BUDGET = {
         "dynamodb:TransactWriteItems",  # the run and its city, together
         "s3:GetObject",  # the upload's version, validated
         "s3:PutObject",  # the validation report
-        "dynamodb:GetItem",  # the content's record: a duplicate?
-        "dynamodb:UpdateItem",  # the content's attempt number (the job's name)
+        "dynamodb:UpdateItem",  # the content's first attempt, if new (else: a duplicate?)
         "s3:CopyObject",  # the run's own input
         "dynamodb:TransactWriteItems",  # the job's name on the run, and the job's record
         "sagemaker:CreateProcessingJob",

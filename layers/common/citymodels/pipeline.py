@@ -707,6 +707,8 @@ class Pipeline:
         self, city: str, run_id: str, sha256: str
     ) -> tuple[int, tuple[str, str] | None]:
         """Return ``(attempt, None)`` for a run to start, or ``(0, (of, reason))`` for a duplicate."""
+        if self.registry.first_attempt(city, sha256, run_id):
+            return 1, None  # content never uploaded before: no read needed
         content = self.registry.get_content(city, sha256)
         if content is not None:
             if content.last_run == run_id:

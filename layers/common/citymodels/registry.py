@@ -668,6 +668,26 @@ class Registry:
             published_version=str(item.get("published_version", "")),
         )
 
+    def first_attempt(self, city: str, sha256: str, run: str) -> bool:
+        """Record ``run`` as attempt 1 of content never seen for the city; False (nothing
+        written) when the content is known: ask :meth:`get_content` then.
+
+        One conditional write for the common case, a new upload, where reading first
+        would find nothing.
+        """
+        pk = f"CITY#{validate_city_id(city)}"
+        try:
+            self._client.update_item(
+                TableName=self.table_name,
+                Key=self._item({"pk": pk, "sk": f"CONTENT#{sha256}"}),
+                UpdateExpression="SET attempts = :one, last_run = :run",
+                ConditionExpression="attribute_not_exists(pk)",
+                ExpressionAttributeValues=self._item({":one": 1, ":run": run}),
+            )
+        except self._client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
     def record_attempt(self, city: str, sha256: str, run: str) -> int:
         """Count a new run of this content for the city; return its attempt number."""
         pk = f"CITY#{validate_city_id(city)}"
