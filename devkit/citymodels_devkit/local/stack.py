@@ -187,9 +187,9 @@ class LocalStack:
                 ).get("EventBridgeEnabled")
                 in (True, "true", "True")
             ]
-            # Every event poller holds a moto thread during its long poll: size moto's
+            # Each queue's receiver holds a moto thread during its long poll: size moto's
             # pool for them plus the handlers' own calls, or calls queue behind polls.
-            pollers = (len(probe.rules) + len(probe.queue_sources)) * opts.function_concurrency
+            pollers = len(probe.rules) + len(probe.queue_sources)
             app = build_aws_app(
                 event_buckets=event_buckets,
                 max_job_workers=opts.job_workers,
