@@ -29,9 +29,22 @@ Prints one JSON object to stdout:
   job workers, with the cores each used on average;
 - ``aws_requests`` (with ``--trace``): every request to the AWS endpoint during the
   run, counted and timed by operation (the time is the server's, from the request's
-  arrival to its last response byte).
+  arrival to its last response byte); and ``by_caller``: calls per city by who makes
+  them (the request's User-Agent) and by API:
 
-Run: ``python bench/bench_onboarding.py [--cities 100] [--rows 1000] [--job-workers 2]``.
+  - ``application``: the functions (onboard, train, publish...): these calls happen on
+    AWS too, each a Lambda's wait and, for DynamoDB, capacity units;
+  - ``platform``: what SageMaker itself does on AWS, done here by the local stack: the
+    jobs' S3 staging (``cm-local-jobs``) and the endpoint's model loads;
+  - ``local``: the local stack's own plumbing, with no counterpart on AWS: the SQS
+    queues that stand for EventBridge's Lambda targets and event source mappings, and
+    the endpoint's metrics (``PutMetricData``).
+
+  With ``--baseline FILE`` (an earlier run's JSON), ``baseline_by_caller`` repeats that
+  run's figures and ``change_by_caller`` the difference, by caller and API.
+
+Run: ``python bench/bench_onboarding.py [--cities 100] [--rows 1000] [--job-workers 2]
+[--trace [--baseline before.json]]``.
 """
 
 from __future__ import annotations
@@ -114,6 +127,7 @@ class RequestTrace:
     WSGI application (on an a2wsgi worker thread). The difference is time spent waiting
     for a free WSGI thread. Requests made by this script (its boto3 clients send
     ``cm-bench-client`` in their User-Agent) are counted apart, as ``bench: ...``.
+    Every request is also counted by caller (:meth:`caller`).
     """
 
     KEY = "_cm_bench_moto_s"
@@ -121,7 +135,22 @@ class RequestTrace:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.samples: dict[str, list[tuple[float, float | None]]] = defaultdict(list)
+        self.callers: dict[tuple[str, str], int] = defaultdict(int)
         self.since = time.perf_counter()
+
+    @staticmethod
+    def caller(name: str, user_agent: bytes) -> str:
+        """Who made a request: ``application``, ``platform``, ``local`` or ``bench``."""
+        from citymodels_devkit.local.sagemaker_jobs import JOBS_AGENT
+        from citymodels_devkit.local.stack import LOCAL_STACK_AGENT
+
+        if b"cm-bench-client" in user_agent:
+            return "bench"
+        if JOBS_AGENT.encode() in user_agent:
+            return "platform"  # SageMaker's job staging
+        if LOCAL_STACK_AGENT.encode() in user_agent:
+            return "platform" if name.startswith("S3 ") else "local"  # model loads: SageMaker's
+        return "application"
 
     @staticmethod
     def operation(scope: dict[str, Any], headers: dict[bytes, bytes]) -> str:
@@ -166,7 +195,10 @@ class RequestTrace:
                 action = next((f[7:] for f in fields if f.startswith("Action=")), "?")
                 name = f"{action} (query)"
                 receive = aws._replay(body, receive)
-            if b"cm-bench-client" in headers.get(b"user-agent", b""):
+            who = trace.caller(name, headers.get(b"user-agent", b""))
+            with trace.lock:
+                trace.callers[(who, name)] += 1
+            if who == "bench":
                 name = f"bench: {name}"
             started = time.perf_counter()
             try:
@@ -182,11 +214,13 @@ class RequestTrace:
     def reset(self) -> None:
         with self.lock:
             self.samples.clear()
+            self.callers.clear()
             self.since = time.perf_counter()
 
     def report(self, cities: int) -> dict[str, Any]:
         with self.lock:
             items = {k: list(v) for k, v in self.samples.items()}
+            callers = dict(self.callers)
             window = time.perf_counter() - self.since
         rows: dict[str, Any] = {}
         for name, values in items.items():
@@ -211,7 +245,40 @@ class RequestTrace:
             / cities,
             "moto_handler_s_total": sum(r.get("moto_s_total", 0.0) for r in app_rows),
             "operations": ordered,
+            "by_caller": by_caller(callers, cities),
         }
+
+
+def by_caller(counts: dict[tuple[str, str], int], cities: int) -> dict[str, Any]:
+    """Calls per city by caller, in total and by API (the bench's own calls left out)."""
+    result: dict[str, Any] = {}
+    for (who, name), count in sorted(counts.items()):
+        if who == "bench":
+            continue
+        entry = result.setdefault(who, {"calls_per_city": 0.0, "operations": {}})
+        entry["calls_per_city"] += count / cities
+        entry["operations"][name] = count / cities
+    for entry in result.values():
+        entry["operations"] = dict(sorted(entry["operations"].items(), key=lambda kv: -kv[1]))
+    return result
+
+
+def change_by_caller(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """After minus before, calls per city, by caller and API (what went, what came)."""
+    change: dict[str, Any] = {}
+    for who in sorted(set(before) | set(after)):
+        old = before.get(who, {"calls_per_city": 0.0, "operations": {}})
+        new = after.get(who, {"calls_per_city": 0.0, "operations": {}})
+        names = set(old["operations"]) | set(new["operations"])
+        change[who] = {
+            "calls_per_city": new["calls_per_city"] - old["calls_per_city"],
+            "operations": {
+                name: new["operations"].get(name, 0.0) - old["operations"].get(name, 0.0)
+                for name in sorted(names)
+                if new["operations"].get(name, 0.0) != old["operations"].get(name, 0.0)
+            },
+        }
+    return change
 
 
 # -- the bench ------------------------------------------------------------------------------
@@ -319,6 +386,12 @@ def main() -> int:
     parser.add_argument(
         "--trace", action="store_true", help="count and time every AWS request (diagnostics)"
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="with --trace: an earlier run's JSON, to compare the calls per city with",
+    )
     args = parser.parse_args()
     out = claim_stdout()
 
@@ -425,6 +498,16 @@ def main() -> int:
         },
         "aws_requests": aws_requests,
     }
+    if args.baseline is not None and aws_requests is not None:
+        baseline = json.loads(args.baseline.read_text())
+        before = (baseline.get("aws_requests") or {}).get("by_caller", {})
+        result["baseline"] = {
+            "file": str(args.baseline),
+            "machine": baseline.get("machine"),
+            "calls_per_city": (baseline.get("aws_requests") or {}).get("calls_per_city"),
+        }
+        result["baseline_by_caller"] = before
+        result["change_by_caller"] = change_by_caller(before, aws_requests["by_caller"])
     json.dump(result, out, indent=2)
     out.write("\n")
     out.flush()

@@ -372,3 +372,55 @@ def test_a_crash_at_any_aws_call_then_redelivery_ends_final_and_consistent(
     assert tried == len(points) > len(calls)
     record_property("fault_points", tried)
     print(f"\n{path}: {len(calls)} AWS calls, {tried} fault points: {calls}")
+
+
+CALL_BUDGET = {
+    # docs/design.md §3, "AWS calls per city": each call there is justified.
+    "onboard": [
+        "dynamodb:TransactWriteItems",  # the run and its city, together
+        "s3:GetObject",  # the upload's version, validated
+        "s3:PutObject",  # the validation report
+        "dynamodb:UpdateItem",  # the content's first attempt, if new (else: a duplicate?)
+        "s3:CopyObject",  # the run's own input
+        "dynamodb:TransactWriteItems",  # the job's name on the run, and the job's record
+        "sagemaker:CreateProcessingJob",
+    ],
+    "train": [
+        "dynamodb:GetItem",  # the job's run
+        "dynamodb:UpdateItem",  # TRAINING, if still PROCESSING with this job (ALL_NEW)
+        "sagemaker:CreateTrainingJob",
+    ],
+    "publish": [
+        "dynamodb:GetItem",  # the job's run
+        "dynamodb:GetItem",  # the run: still TRAINING?
+        "dynamodb:GetItem",  # the city: newest published, serving, the alias to move
+        "sagemaker:DescribeTrainingJob",  # the model's key, the training metrics
+        "s3:HeadObject",  # the model's ETag (the copy's provenance)
+        "s3:HeadObject",  # mme/ key already there? (never overwritten)
+        "s3:CopyObject",  # to mme/
+        "s3:GetObject",  # the train split: the median baseline
+        "s3:GetObject",  # the raw test split
+        "sagemaker-runtime:InvokeEndpoint",  # the candidate
+        "sagemaker-runtime:InvokeEndpoint",  # the serving model, on the same rows
+        "s3:PutObject",  # the gate's report
+        "dynamodb:TransactWriteItems",  # the alias, the run, the content: together
+    ],
+}
+
+
+@pytest.mark.parametrize("path", sorted(CALL_BUDGET))
+def test_each_event_makes_only_the_aws_calls_of_its_budget(
+    world: World,  # noqa: F811
+    faults: Faults,
+    path: str,
+) -> None:
+    # GIVEN a city where the path's event arrives
+    scenario = PATHS[path](world, f"Budget_{path}")
+    # WHEN it is handled
+    with faults.armed_at(0, BEFORE):
+        scenario.deliver()
+    # THEN it made the calls of its budget, no more (each one a Lambda's wait and, for
+    # DynamoDB, capacity units)
+    assert faults.calls == CALL_BUDGET[path]
+    scenario.then()
+    assert_final_and_consistent(world, scenario)

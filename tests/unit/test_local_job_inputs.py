@@ -62,3 +62,63 @@ def test_the_least_recently_used_objects_leave_first_within_the_budget() -> None
     assert cache.get("b", "two", "e2") is None
     assert cache.get("b", "one", "e1") == b"1234"
     assert cache.get("b", "one", "other-etag") is None  # another version: not this one
+
+
+def test_a_jobs_small_outputs_are_taken_by_the_next_job_without_reading_s3(
+    s3: Any, tmp_path: Path
+) -> None:
+    # GIVEN a processing job's split uploaded by one worker, through the shared folder
+    uploader = ObjectCache(handoff=tmp_path / "handoff")
+    key = "processed/City/run/train/train.csv"
+    etag = s3.put_object(Bucket=BUCKET, Key=key, Body=b"1,2,3\n")["ETag"]
+    uploader.leave(BUCKET, key, etag, b"1,2,3\n")
+    # WHEN the training job, in another worker, downloads the split twice (run again)
+    reader, got = ObjectCache(max_total=0, handoff=tmp_path / "handoff"), reads(s3)
+    uri = f"s3://{BUCKET}/processed/City/run/train/"
+    assert _download_prefix(s3, uri, tmp_path / "job1", reader) == 1
+    assert _download_prefix(s3, uri, tmp_path / "job2", reader) == 1
+    # THEN the first took the bytes left for it, the second read S3; both have them
+    assert got == [key]
+    for job in ("job1", "job2"):
+        assert (tmp_path / job / "train.csv").read_bytes() == b"1,2,3\n"
+
+
+def test_changed_bytes_under_the_same_key_are_never_taken(s3: Any, tmp_path: Path) -> None:
+    # GIVEN an output left for the next job, then overwritten in S3
+    cache = ObjectCache(max_total=0, handoff=tmp_path / "handoff")
+    key = "processed/City/run/test/test.csv"
+    old = s3.put_object(Bucket=BUCKET, Key=key, Body=b"old\n")["ETag"]
+    cache.leave(BUCKET, key, old, b"old\n")
+    s3.put_object(Bucket=BUCKET, Key=key, Body=b"new\n")
+    # WHEN a job downloads it THEN it reads the new bytes from S3
+    got = reads(s3)
+    _download_prefix(s3, f"s3://{BUCKET}/processed/City/run/test/", tmp_path / "job", cache)
+    assert got == [key]
+    assert (tmp_path / "job" / "test.csv").read_bytes() == b"new\n"
+
+
+def test_a_training_jobs_sibling_channels_are_listed_once(s3: Any, tmp_path: Path) -> None:
+    # GIVEN a run's three splits, each a channel of a training job
+    from citymodels_devkit.local.sagemaker_jobs import _download_training_inputs
+
+    prefix = "processed/City/run"
+    for split in ("train", "validation", "test", "test-raw"):
+        s3.put_object(Bucket=BUCKET, Key=f"{prefix}/{split}/{split}.csv", Body=split.encode())
+    lists: list[str] = []
+    s3.meta.events.register(
+        "provide-client-params.s3.ListObjectsV2", lambda params, **_: lists.append(params["Prefix"])
+    )
+    channels = [
+        {
+            "ChannelName": split,
+            "DataSource": {"S3DataSource": {"S3Uri": f"s3://{BUCKET}/{prefix}/{split}/"}},
+        }
+        for split in ("train", "validation", "test")
+    ]
+    # WHEN its inputs are downloaded
+    _download_training_inputs(s3, {"InputDataConfig": channels}, tmp_path, "us-east-1")
+    # THEN one listing served the three, and each channel holds its own split only
+    assert lists == [f"{prefix}/"]
+    for split in ("train", "validation", "test"):
+        files = list((tmp_path / "input" / "data" / split).iterdir())
+        assert [f.read_bytes() for f in files] == [split.encode()]

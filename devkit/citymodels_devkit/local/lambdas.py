@@ -7,7 +7,11 @@ stack. There is no ``if local:`` anywhere in handler code.
 
 Event routing follows the template: each EventBridge rule of a function becomes a real
 rule on moto's EventBridge with an SQS target (moto does the content filtering, with
-the rule's own pattern), and a poller delivers each matched event to the handler. A
+the rule's own pattern), and a poller delivers each matched event to the handler. Each
+queue has one receiver (a long poll of up to 10 messages, so an idle queue costs one
+``ReceiveMessage`` per :data:`POLL_WAIT_SECONDS`, not one per worker per second) that
+hands messages to the function's workers, and one deleter (``DeleteMessageBatch`` of
+what the workers finished). A
 handler that raises is retried (``EventInvokeConfig.MaximumRetryAttempts``, with
 backoff), then a dead-letter record in Lambda's OnFailure format goes to the function's
 OnFailure queue — visible to ``citymodels status``. SQS event sources (the capacity
@@ -21,6 +25,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import queue
 import sys
 import threading
 import time
@@ -40,6 +45,18 @@ from citymodels_devkit.local.template import (
 )
 
 log = logging.getLogger("citymodels.local")
+
+POLL_WAIT_SECONDS = 5
+"""A receiver's long poll: it answers as soon as a message arrives, and an idle queue
+costs one ReceiveMessage this often. Also how long stopping the router can take."""
+SQS_BATCH = 10
+"""SQS's most messages per ReceiveMessage and entries per DeleteMessageBatch."""
+DELETE_LINGER_SECONDS = 0.5
+"""How long a finished message waits for others to be deleted with it (it is hidden
+meanwhile: nothing else receives it)."""
+RULE_QUEUE_VISIBILITY_SECONDS = 900
+"""The rule target queues' visibility timeout: a message received in a batch may wait
+for a free worker; it must not reappear meanwhile (Lambda's longest timeout)."""
 
 
 @dataclass
@@ -225,6 +242,7 @@ class EventRouter:
         self.delivered = 0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._deleters: list[tuple[threading.Thread, queue.Queue[str | None]]] = []
         self._inflight = 0
         self._inflight_lock = threading.Lock()
 
@@ -232,16 +250,23 @@ class EventRouter:
         """Create one moto rule + SQS target per EventBridge rule of the template."""
         for rule in self.stack.rules:
             name = f"{self.stack.name}-{rule.name}"[:64]
-            queue_url = self.sqs.create_queue(QueueName=f"{name}-target"[:80])["QueueUrl"]
+            queue_url = self.sqs.create_queue(
+                QueueName=f"{name}-target"[:80],
+                Attributes={"VisibilityTimeout": str(RULE_QUEUE_VISIBILITY_SECONDS)},
+            )["QueueUrl"]
             queue_arn = self.sqs.get_queue_attributes(
                 QueueUrl=queue_url, AttributeNames=["QueueArn"]
             )["Attributes"]["QueueArn"]
             self.events.put_rule(Name=name, EventPattern=json.dumps(rule.pattern), State="ENABLED")
             self.events.put_targets(Rule=name, Targets=[{"Id": "target", "Arn": queue_arn}])
-            self._spawn(f"rule {rule.name}", self._poll_rule, rule.function, queue_url)
+            deliver = self._rule_delivery(rule.function)
+            self._poll(f"rule {rule.name}", queue_url, deliver, batch=SQS_BATCH)
         for source in self.stack.queue_sources:
             url = self.queue_urls[source.queue]
-            self._spawn(f"sqs {source.queue}", self._poll_sqs, source.function, url, source.queue)
+            deliver = self._sqs_delivery(source.function, url)
+            # At most one message per free worker: a message of a template queue must
+            # not wait here past the queue's own visibility timeout.
+            self._poll(f"sqs {source.queue}", url, deliver, batch=0, attributes=True)
 
     def setup_schedules(self, period_seconds: float | None = None) -> None:
         """Invoke each scheduled function at its template's rate, until :meth:`stop`.
@@ -271,12 +296,6 @@ class EventRouter:
             finally:
                 self._track(-1)
 
-    def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
-        for i in range(self.workers):
-            thread = threading.Thread(target=target, args=args, name=f"{name} #{i}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-
     @property
     def busy(self) -> bool:
         """Whether any event is being handled right now."""
@@ -286,26 +305,136 @@ class EventRouter:
         with self._inflight_lock:
             self._inflight += delta
 
-    def _poll_rule(self, function: str, queue_url: str) -> None:
-        while not self._stop.is_set():
+    def _poll(
+        self,
+        name: str,
+        queue_url: str,
+        deliver: Callable[[dict[str, Any]], bool],
+        *,
+        batch: int,
+        attributes: bool = False,
+    ) -> None:
+        """Start one queue's receiver, its ``self.workers`` workers and its deleter.
+
+        Parameters
+        ----------
+        deliver
+            Handles one received message; True when the message is to be deleted.
+        batch
+            The most messages received at once (waiting here for a worker); 0 for no
+            more than the free workers.
+        """
+        backlog: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        finished: queue.Queue[str | None] = queue.Queue()
+        room = threading.Condition()
+        pending = [0]  # received and not yet handled
+
+        def receive() -> None:
             try:
-                answer = self.sqs.receive_message(
-                    QueueUrl=queue_url, MaxNumberOfMessages=1, WaitTimeSeconds=1
-                )
-            except Exception:
-                if self._stop.wait(0.2):
+                while not self._stop.is_set():
+                    with room:
+                        # nothing is received while every worker is busy
+                        if not room.wait_for(lambda: pending[0] < self.workers, timeout=0.2):
+                            continue
+                        want = batch or self.workers - pending[0]
+                    try:
+                        answer = self.sqs.receive_message(
+                            QueueUrl=queue_url,
+                            MaxNumberOfMessages=min(want, SQS_BATCH),
+                            WaitTimeSeconds=POLL_WAIT_SECONDS,
+                            **({"AttributeNames": ["All"]} if attributes else {}),
+                        )
+                    except Exception:
+                        if self._stop.wait(0.2):
+                            return
+                        continue
+                    messages = answer.get("Messages", [])
+                    if self._stop.is_set():
+                        self._release(queue_url, messages)
+                        return
+                    with room:
+                        pending[0] += len(messages)
+                    self._track(len(messages))
+                    for message in messages:
+                        backlog.put(message)
+            finally:
+                for _ in range(self.workers):
+                    backlog.put(None)
+
+        def work() -> None:
+            while True:
+                message = backlog.get()
+                if message is None:
                     return
-                continue
-            for message in answer.get("Messages", []):
-                self._track(1)
                 try:
-                    event = json.loads(message["Body"])
-                    self._deliver(function, event)
-                    self.sqs.delete_message(
-                        QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"]
-                    )
+                    if self._stop.is_set():
+                        self._release(queue_url, [message])
+                    elif deliver(message):
+                        finished.put(message["ReceiptHandle"])
                 finally:
                     self._track(-1)
+                    with room:
+                        pending[0] -= 1
+                        room.notify_all()
+
+        def delete() -> None:
+            while True:
+                handle = finished.get()
+                if handle is None:
+                    return
+                handles = [handle]
+                lingered = time.monotonic() + DELETE_LINGER_SECONDS
+                while len(handles) < SQS_BATCH:
+                    try:
+                        more = finished.get(timeout=max(0.0, lingered - time.monotonic()))
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        finished.put(None)  # stop after this batch
+                        break
+                    handles.append(more)
+                self._delete(queue_url, handles)
+
+        receiver = threading.Thread(target=receive, name=f"{name} receiver", daemon=True)
+        workers = [
+            threading.Thread(target=work, name=f"{name} #{i}", daemon=True)
+            for i in range(self.workers)
+        ]
+        deleter = threading.Thread(target=delete, name=f"{name} deleter", daemon=True)
+        for thread in (receiver, *workers, deleter):
+            thread.start()
+        self._threads.extend([receiver, *workers])
+        self._deleters.append((deleter, finished))
+
+    def _delete(self, queue_url: str, handles: list[str]) -> None:
+        entries = [{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(handles)]
+        try:
+            answer = self.sqs.delete_message_batch(QueueUrl=queue_url, Entries=entries)
+        except Exception as err:  # the messages come back after their visibility timeout
+            log.warning("could not delete %d message(s) from %s: %s", len(handles), queue_url, err)
+            return
+        for failed in answer.get("Failed", []):
+            log.warning("could not delete a message from %s: %s", queue_url, failed)
+
+    def _release(self, queue_url: str, messages: list[dict[str, Any]]) -> None:
+        """Make messages received but not handled (the router is stopping) visible again."""
+        for start in range(0, len(messages), SQS_BATCH):
+            entries = [
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+                for i, m in enumerate(messages[start : start + SQS_BATCH])
+            ]
+            try:
+                self.sqs.change_message_visibility_batch(QueueUrl=queue_url, Entries=entries)
+            except Exception as err:
+                log.warning("could not release %d message(s): %s", len(entries), err)
+
+    def _rule_delivery(self, function: str) -> Callable[[dict[str, Any]], bool]:
+        def deliver(message: dict[str, Any]) -> bool:
+            # retried, then dead-lettered, by _deliver: the message is done either way
+            self._deliver(function, json.loads(message["Body"]))
+            return True
+
+        return deliver
 
     def _deliver(self, function: str, event: Any) -> None:
         spec = self.stack.functions[function]
@@ -350,49 +479,42 @@ class EventRouter:
             }
             self.sqs.send_message(QueueUrl=self.queue_urls[queue], MessageBody=json.dumps(record))
 
-    def _poll_sqs(self, function: str, queue_url: str, queue: str) -> None:
+    def _sqs_delivery(self, function: str, queue_url: str) -> Callable[[dict[str, Any]], bool]:
         queue_arn = f"arn:aws:sqs:{REGION}:{ACCOUNT_ID}:{queue_url.rsplit('/', 1)[-1]}"
-        while not self._stop.is_set():
+
+        def deliver(message: dict[str, Any]) -> bool:
+            record = {
+                "messageId": message["MessageId"],
+                "receiptHandle": message["ReceiptHandle"],
+                "body": message["Body"],
+                "attributes": message.get("Attributes", {}),
+                "messageAttributes": message.get("MessageAttributes", {}),
+                "md5OfBody": message.get("MD5OfBody", ""),
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": REGION,
+            }
             try:
-                answer = self.sqs.receive_message(
-                    QueueUrl=queue_url,
-                    MaxNumberOfMessages=1,
-                    WaitTimeSeconds=1,
-                    AttributeNames=["All"],
-                )
-            except Exception:
-                if self._stop.wait(0.2):
-                    return
-                continue
-            for message in answer.get("Messages", []):
-                record = {
-                    "messageId": message["MessageId"],
-                    "receiptHandle": message["ReceiptHandle"],
-                    "body": message["Body"],
-                    "attributes": message.get("Attributes", {}),
-                    "messageAttributes": message.get("MessageAttributes", {}),
-                    "md5OfBody": message.get("MD5OfBody", ""),
-                    "eventSource": "aws:sqs",
-                    "eventSourceARN": queue_arn,
-                    "awsRegion": REGION,
-                }
-                self._track(1)
-                try:
-                    self.host.invoke(function, {"Records": [record]})
-                    self.delivered += 1
-                    self.sqs.delete_message(
-                        QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"]
-                    )
-                except Exception as err:
-                    log.warning("%s failed on an SQS message: %s", function, err)
-                finally:
-                    self._track(-1)
+                self.host.invoke(function, {"Records": [record]})
+            except Exception as err:
+                # Left in the queue: SQS delivers it again after its visibility timeout.
+                log.warning("%s failed on an SQS message: %s", function, err)
+                return False
+            self.delivered += 1
+            return True
+
+        return deliver
 
     def stop(self) -> None:
-        """Stop polling and wait for the pollers."""
+        """Stop polling, wait for the pollers (a long poll ends within
+        :data:`POLL_WAIT_SECONDS`), then delete what they finished."""
         self._stop.set()
+        deadline = time.monotonic() + POLL_WAIT_SECONDS + 5
         for thread in self._threads:
-            thread.join(timeout=5)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        for deleter, finished in self._deleters:
+            finished.put(None)
+            deleter.join(timeout=max(1.0, deadline - time.monotonic()))
 
 
 def scheduled_event(stack: str, schedule: Schedule) -> dict[str, Any]:

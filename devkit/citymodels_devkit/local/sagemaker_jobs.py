@@ -51,6 +51,7 @@ interrupted; its outputs are not uploaded); ``MaxRuntimeInSeconds`` is not enfor
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.abc
 import json
 import logging
@@ -105,6 +106,11 @@ STOPPING: Final = "Stopping"
 STOPPED: Final = "Stopped"
 TERMINAL: Final = frozenset({COMPLETED, FAILED, STOPPED})
 
+HANDOFF_SECONDS: Final = 900
+"""How long a job's small output waits in the workers' shared folder for the job that
+reads it next (a training job waits for a worker, rarely for long)."""
+JOBS_AGENT: Final = "cm-local-jobs"
+"""In the User-Agent of the job workers' S3 calls (SageMaker's own, on AWS)."""
 CONTAINER_ROOT: Final = "/opt/ml"
 PROCESSING_ROOT: Final = "/opt/ml/processing"
 JOB_NAME_PATTERN: Final = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
@@ -427,10 +433,17 @@ _worker_s3: Any = None
 _worker_endpoint: str | None = None
 
 
-def _init_worker(endpoint_url: str | None, region: str, credentials: tuple[str, str]) -> None:
+def _init_worker(
+    endpoint_url: str | None,
+    region: str,
+    credentials: tuple[str, str],
+    handoff: str | None = None,
+) -> None:
     """Import what jobs use once per worker, build its S3 client, follow the parent."""
     global _worker_s3, _worker_endpoint
     _exit_with_parent()
+    if handoff is not None:
+        _worker_objects.handoff = Path(handoff)
     import numpy  # noqa: F401 - imported for the jobs that follow
 
     import citymodels_devkit.linear_learner.container  # noqa: F401
@@ -445,7 +458,10 @@ def _init_worker(endpoint_url: str | None, region: str, credentials: tuple[str, 
             region_name=region,
             aws_access_key_id=credentials[0],
             aws_secret_access_key=credentials[1],
-            config=Config(retries={"max_attempts": 3, "mode": "standard"}),
+            # the User-Agent tells the jobs' S3 calls from the functions' (bench --trace)
+            config=Config(
+                retries={"max_attempts": 3, "mode": "standard"}, user_agent_extra=JOBS_AGENT
+            ),
         )
         _worker_endpoint = endpoint_url
 
@@ -609,10 +625,22 @@ class ObjectCache:
     each object's ETag, so an object whose key and ETag were read before is not read
     again: the same bytes, one ``GetObject`` fewer, in a worker that keeps them. Only
     objects up to ``max_object`` bytes are kept, ``max_total`` in all.
+
+    With a ``handoff`` directory (shared by the workers), the small objects a job
+    uploads (a processing job's splits) are left there for the one job that reads them
+    next (the run's training job, in any worker): it takes them, by key and ETag, and
+    does not read them from S3 again.
     """
 
-    def __init__(self, max_total: int = 32 << 20, max_object: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        max_total: int = 32 << 20,
+        max_object: int = 1 << 20,
+        handoff: Path | None = None,
+    ) -> None:
         self.max_total, self.max_object = max_total, max_object
+        self.handoff = handoff
+        self._pruned = time.time()
         self._objects: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
         self._size = 0
 
@@ -620,7 +648,45 @@ class ObjectCache:
         data = self._objects.get((bucket, key, etag))
         if data is not None:
             self._objects.move_to_end((bucket, key, etag))
+            return data
+        path = self._handoff_path(bucket, key, etag)
+        if path is None:
+            return None
+        try:
+            data = path.read_bytes()
+            path.unlink()  # taken: read once (a job run again reads S3)
+        except OSError:
+            return None
         return data
+
+    def leave(self, bucket: str, key: str, etag: str, data: bytes) -> None:
+        """Leave an uploaded object for the job that reads it next."""
+        path = self._handoff_path(bucket, key, etag)
+        if path is None or len(data) > self.max_object:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.part")
+        partial.write_bytes(data)
+        partial.replace(path)  # whole or absent, whoever looks
+        self._prune(path.parent)
+
+    def _prune(self, folder: Path) -> None:
+        """Forget what no job took within :data:`HANDOFF_SECONDS` (e.g. outputs no job
+        reads), looking at most once a minute: the folder stays small."""
+        now = time.time()
+        if now - self._pruned < 60:
+            return
+        self._pruned = now
+        for entry in folder.iterdir():
+            with contextlib.suppress(OSError):
+                if now - entry.stat().st_mtime > HANDOFF_SECONDS:
+                    entry.unlink()
+
+    def _handoff_path(self, bucket: str, key: str, etag: str) -> Path | None:
+        if self.handoff is None or not etag:
+            return None
+        name = hashlib.sha256(f"{bucket}\0{key}\0{etag.strip(chr(34))}".encode()).hexdigest()
+        return self.handoff / name
 
     def put(self, bucket: str, key: str, etag: str, data: bytes) -> None:
         if len(data) > self.max_object or (bucket, key, etag) in self._objects:
@@ -635,13 +701,34 @@ class ObjectCache:
 _worker_objects = ObjectCache()
 
 
-def _download_prefix(s3: Any, uri: str, destination: Path, cache: ObjectCache | None = None) -> int:
+def _list(s3: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    """Every object under a prefix (``ListObjectsV2``, all pages)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return [
+            item
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            for item in page.get("Contents", [])
+        ]
+    except ClientError as error:
+        raise _InputError(f"cannot read s3://{bucket}/{prefix}: {error}") from error
+
+
+def _download_prefix(
+    s3: Any,
+    uri: str,
+    destination: Path,
+    cache: ObjectCache | None = None,
+    listing: list[dict[str, Any]] | None = None,
+) -> int:
     """Download every object under an ``S3Prefix`` as SageMaker does; return the count.
 
     Keys keep their path relative to the prefix's last ``/``: the prefix
     ``s3://b/raw/City/x.csv`` gives ``x.csv``, ``s3://b/processed/.../train/`` gives
     ``train.csv`` for ``.../train/train.csv``. Objects already in ``cache`` (this
-    worker's, by default) with the listed ETag are not read again.
+    worker's, by default) with the listed ETag are not read again. ``listing``: the
+    objects of a wider prefix of the same bucket, already listed (saves a listing).
     """
     cache = _worker_objects if cache is None else cache
     from botocore.exceptions import ClientError
@@ -650,32 +737,33 @@ def _download_prefix(s3: Any, uri: str, destination: Path, cache: ObjectCache | 
     base = prefix[: prefix.rfind("/") + 1]
     destination.mkdir(parents=True, exist_ok=True)
     count = 0
+    if listing is None:
+        listing = _list(s3, bucket, prefix)
     try:
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for item in page.get("Contents", []):
-                key = item["Key"]
-                if key.endswith("/"):
-                    continue
-                target = (destination / key[len(base) :]).resolve()
-                if not target.is_relative_to(destination.resolve()):
-                    raise _InputError(f"S3 key {key!r} would be written outside {destination}")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                etag = item.get("ETag", "")
-                data = cache.get(bucket, key, etag) if etag else None
-                if data is not None:
-                    target.write_bytes(data)
-                elif etag and item.get("Size", cache.max_object + 1) <= cache.max_object:
-                    answer = s3.get_object(Bucket=bucket, Key=key)
-                    data = answer["Body"].read()
-                    target.write_bytes(data)
-                    # keyed by the ETag of the bytes read (the object may have changed
-                    # since the listing)
-                    cache.put(bucket, key, answer.get("ETag", ""), data)
-                else:
-                    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
-                    with target.open("wb") as out:
-                        shutil.copyfileobj(body, out, 1 << 20)
-                count += 1
+        for item in (i for i in listing if i["Key"].startswith(prefix)):
+            key = item["Key"]
+            if key.endswith("/"):
+                continue
+            target = (destination / key[len(base) :]).resolve()
+            if not target.is_relative_to(destination.resolve()):
+                raise _InputError(f"S3 key {key!r} would be written outside {destination}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            etag = item.get("ETag", "")
+            data = cache.get(bucket, key, etag) if etag else None
+            if data is not None:
+                target.write_bytes(data)
+            elif etag and item.get("Size", cache.max_object + 1) <= cache.max_object:
+                answer = s3.get_object(Bucket=bucket, Key=key)
+                data = answer["Body"].read()
+                target.write_bytes(data)
+                # keyed by the ETag of the bytes read (the object may have changed
+                # since the listing)
+                cache.put(bucket, key, answer.get("ETag", ""), data)
+            else:
+                body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+                with target.open("wb") as out:
+                    shutil.copyfileobj(body, out, 1 << 20)
+            count += 1
     except ClientError as error:
         raise _InputError(f"cannot read {uri}: {error}") from error
     return count
@@ -705,6 +793,7 @@ def _download_training_inputs(
     config_dir.mkdir(parents=True, exist_ok=True)
     mode = request.get("AlgorithmSpecification", {}).get("TrainingInputMode", "File")
     channels: dict[str, dict[str, str]] = {}
+    listings = _sibling_listings(s3, request.get("InputDataConfig", []))
     for channel in request.get("InputDataConfig", []):
         name = channel["ChannelName"]
         source = channel.get("DataSource", {}).get("S3DataSource")
@@ -715,7 +804,8 @@ def _download_training_inputs(
         if channel.get("CompressionType", "None") != "None":
             raise _InputError(f"channel {name!r}: the local stack reads uncompressed data only")
         uri = source["S3Uri"]
-        if _download_prefix(s3, uri, ml_root / "input" / "data" / name) == 0:
+        listing = listings.get(uri)
+        if _download_prefix(s3, uri, ml_root / "input" / "data" / name, listing=listing) == 0:
             bucket, _ = _split_s3_uri(uri)
             raise _InputError(
                 f'No S3 objects found under S3 URL "{uri}" given in input data source. '
@@ -740,13 +830,41 @@ def _download_training_inputs(
     )
 
 
+def _sibling_listings(s3: Any, channels: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """One listing for the channels whose prefixes are folders of one parent folder.
+
+    A training job's channels are usually siblings (``processed/{city}/{run}/train/``,
+    ``.../validation/``, ``.../test/``): listing their parent once serves them all,
+    one ``ListObjectsV2`` instead of one per channel. Returns channel URI → listing.
+    """
+    groups: dict[tuple[str, str], list[str]] = {}
+    for channel in channels:
+        source = channel.get("DataSource", {}).get("S3DataSource") or {}
+        uri = str(source.get("S3Uri", ""))
+        match = re.fullmatch(r"s3://([^/]+)/(.+/)[^/]+/", uri)
+        if match is not None:
+            groups.setdefault((match.group(1), match.group(2)), []).append(uri)
+    listings: dict[str, list[dict[str, Any]]] = {}
+    for (bucket, parent), uris in groups.items():
+        if len(uris) > 1:
+            listing = _list(s3, bucket, parent)
+            listings.update(dict.fromkeys(uris, listing))
+    return listings
+
+
 def _upload_directory(s3: Any, local: Path, uri: str) -> int:
     bucket, prefix = _split_s3_uri(uri)
     prefix = prefix.rstrip("/")
     count = 0
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
         key = "/".join(filter(None, [prefix, path.relative_to(local).as_posix()]))
-        s3.upload_file(str(path), bucket, key)
+        if path.stat().st_size <= _worker_objects.max_object:
+            # small: one PutObject, whose ETag lets the next job take these bytes
+            data = path.read_bytes()
+            answer = s3.put_object(Bucket=bucket, Key=key, Body=data)
+            _worker_objects.leave(bucket, key, answer.get("ETag", ""), data)
+        else:
+            s3.upload_file(str(path), bucket, key)
         count += 1
     return count
 
@@ -1081,7 +1199,13 @@ class JobService:
             max_workers=self.max_workers,
             mp_context=multiprocessing.get_context(self._mp_context),
             initializer=_init_worker,
-            initargs=(self.endpoint_url, self.region, self.credentials),
+            # the workers' shared folder: a job's small outputs, for the job reading them next
+            initargs=(
+                self.endpoint_url,
+                self.region,
+                self.credentials,
+                str(self.work_dir / "handoff"),
+            ),
         )
 
     def close(self) -> None:

@@ -55,6 +55,8 @@ LOCAL_IMAGES = {
 framework works; these make it plain that nothing is pulled)."""
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
+LOCAL_STACK_AGENT = "cm-local-stack"
+"""In the User-Agent of the stack's own calls: event routing, endpoint loads, metrics."""
 
 
 class PortInUse(OSError):
@@ -185,9 +187,9 @@ class LocalStack:
                 ).get("EventBridgeEnabled")
                 in (True, "true", "True")
             ]
-            # Every event poller holds a moto thread during its long poll: size moto's
+            # Each queue's receiver holds a moto thread during its long poll: size moto's
             # pool for them plus the handlers' own calls, or calls queue behind polls.
-            pollers = (len(probe.rules) + len(probe.queue_sources)) * opts.function_concurrency
+            pollers = len(probe.rules) + len(probe.queue_sources)
             app = build_aws_app(
                 event_buckets=event_buckets,
                 max_job_workers=opts.job_workers,
@@ -413,8 +415,13 @@ class _Clients:
         session = boto3.session.Session(
             aws_access_key_id="local", aws_secret_access_key="local", region_name=REGION
         )
-        # Many pollers share these clients: size the connection pool for them.
-        config = Config(max_pool_connections=64, retries={"mode": "standard", "max_attempts": 3})
+        # Many pollers share these clients: size the connection pool for them. The
+        # User-Agent tells the stack's own calls from the functions' (bench --trace).
+        config = Config(
+            max_pool_connections=64,
+            retries={"mode": "standard", "max_attempts": 3},
+            user_agent_extra=LOCAL_STACK_AGENT,
+        )
         self.s3 = session.client("s3", endpoint_url=url, config=config)
         self.dynamodb = session.client("dynamodb", endpoint_url=url, config=config)
         self.sqs = session.client("sqs", endpoint_url=url, config=config)

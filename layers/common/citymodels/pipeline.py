@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -557,11 +557,11 @@ class Pipeline:
 
         run = Run(city=city, run=run_id, key=upload.key, status=PROCESSING, size=upload.size or 0)
         if not self.registry.create_run(run):
-            existing = self.registry.get_run(city, run_id)
-            if existing.status != PROCESSING:
-                return self._stale(existing, f"redelivered upload; the run is {existing.status}")
-            if existing.processing_job:
-                return self.start_processing(city, run_id)
+            run = self.registry.get_run(city, run_id)
+            if run.status != PROCESSING:
+                return self._stale(run, f"redelivered upload; the run is {run.status}")
+            if run.processing_job:
+                return self.start_processing(city, run_id, record=run)
             # The first delivery never named its job (it failed or is still validating):
             # carry on; every step below is idempotent for the same run.
 
@@ -613,21 +613,23 @@ class Pipeline:
         # The job's name is on the run before the job exists, so a redelivery (or a
         # retry after a crash) creates the same job, never a second one; and the job's
         # record is written with it, so the job's events always find the run.
+        job_fields: dict[str, Any] = {
+            "sha256": report.sha256,
+            "attempt": attempt,
+            "processing_job": name,
+            "input_key": input_key,
+            "report_key": report_key,
+            "schema_version": SCHEMA_VERSION,
+        }
         named = self.registry.name_job(
-            city,
-            run_id,
-            name,
-            expected_status=[PROCESSING],
-            sha256=report.sha256,
-            attempt=attempt,
-            processing_job=name,
-            input_key=input_key,
-            report_key=report_key,
-            schema_version=SCHEMA_VERSION,
+            city, run_id, name, expected_status=[PROCESSING], **job_fields
         )
         if not named:
             return self._stale(self.registry.get_run(city, run_id), "run already moved on")
-        return self.start_processing(city, run_id).count("UploadAccepted")
+        # The transaction answers nothing, but its condition held: the run is the one
+        # read or created above, in PROCESSING, with these fields (no read needed).
+        named_run = replace(run, **job_fields)
+        return self.start_processing(city, run_id, record=named_run).count("UploadAccepted")
 
     def _reject_key(
         self, upload: UploadEvent, run_id: str, err: InvalidKey | InvalidCityId
@@ -705,6 +707,8 @@ class Pipeline:
         self, city: str, run_id: str, sha256: str
     ) -> tuple[int, tuple[str, str] | None]:
         """Return ``(attempt, None)`` for a run to start, or ``(0, (of, reason))`` for a duplicate."""
+        if self.registry.first_attempt(city, sha256, run_id):
+            return 1, None  # content never uploaded before: no read needed
         content = self.registry.get_content(city, sha256)
         if content is not None:
             if content.last_run == run_id:
@@ -799,7 +803,9 @@ class Pipeline:
             "Tags": self._tags(run),
         }
 
-    def start_processing(self, city: str, run: str, *, retries: int = 0) -> Outcome:
+    def start_processing(
+        self, city: str, run: str, *, retries: int = 0, record: Run | None = None
+    ) -> Outcome:
         """Create the run's processing job (again: a duplicate create is harmless).
 
         Parameters
@@ -808,8 +814,11 @@ class Pipeline:
             A run in PROCESSING whose job is named (``onboard`` did that).
         retries
             How many times this start was postponed for capacity so far.
+        record
+            The run as just written or read by the caller (saves reading it again).
         """
-        record = self.registry.get_run(city, run)
+        if record is None:
+            record = self.registry.get_run(city, run)
         if record.status != PROCESSING or not record.processing_job:
             return self._stale(record, "the run is not waiting for its processing job")
         return self._create_job(
@@ -828,26 +837,34 @@ class Pipeline:
         PROCESSING); Failed / Stopped → FAILED with ``FailureReason`` and
         ``ExitMessage``. Other stacks' jobs and non-terminal statuses are ignored.
         """
-        record = self._run_for_job(job_name, status, "processing")
-        if isinstance(record, Outcome):
-            return record
-        if record.processing_job != job_name:
-            return self._stale(record, f"{job_name} is not this run's processing job")
+        key = self._job_run(job_name, status, "processing")
+        if isinstance(key, Outcome):
+            return key
+        city, run = key
         if status == JOB_COMPLETED:
+            # Written without reading the run first: the condition (PROCESSING, and this
+            # very job) is the check, and the answer is the run the training job needs.
             updated = self.registry.update_run(
-                record.city,
-                record.run,
+                city,
+                run,
                 expected_status=[PROCESSING],
+                expected_fields={"processing_job": job_name},
                 status=TRAINING,
                 training_job=job_name,
                 reason="",
             )
             if updated is None:
-                current = self.registry.get_run(record.city, record.run)
+                current = self.registry.get_run(city, run)
+                if current.processing_job != job_name:
+                    return self._stale(current, f"{job_name} is not this run's processing job")
                 if current.status != TRAINING:
                     return self._stale(current, f"the run is {current.status}")
                 # TRAINING already: a redelivery, or a retry after the create below failed.
-            return self.start_training(record.city, record.run)
+                updated = current
+            return self.start_training(city, run, record=updated)
+        record = self.registry.get_run(city, run)
+        if record.processing_job != job_name:
+            return self._stale(record, f"{job_name} is not this run's processing job")
         described = self.sagemaker.describe_processing_job(ProcessingJobName=job_name)
         return self._job_failed("processing", record, job_name, status, described, PROCESSING)
 
@@ -896,7 +913,9 @@ class Pipeline:
             "Tags": self._tags(run),
         }
 
-    def start_training(self, city: str, run: str, *, retries: int = 0) -> Outcome:
+    def start_training(
+        self, city: str, run: str, *, retries: int = 0, record: Run | None = None
+    ) -> Outcome:
         """Create the run's training job (again: a duplicate create is harmless).
 
         Parameters
@@ -905,8 +924,11 @@ class Pipeline:
             A run in TRAINING (its processing job completed).
         retries
             How many times this start was postponed for capacity so far.
+        record
+            The run as just written or read by the caller (saves reading it again).
         """
-        record = self.registry.get_run(city, run)
+        if record is None:
+            record = self.registry.get_run(city, run)
         if record.status != TRAINING or not record.training_job:
             return self._stale(record, "the run is not waiting for its training job")
         return self._create_job(
@@ -924,19 +946,22 @@ class Pipeline:
         Completed → :meth:`publish`; Failed / Stopped → FAILED with ``FailureReason``.
         Other stacks' jobs and non-terminal statuses are ignored.
         """
-        record = self._run_for_job(job_name, status, "training")
-        if isinstance(record, Outcome):
-            return record
+        key = self._job_run(job_name, status, "training")
+        if isinstance(key, Outcome):
+            return key
+        record = self.registry.get_run(*key)
         if record.training_job != job_name or record.status != TRAINING:
             return self._stale(record, f"the run is {record.status}")
         if status == JOB_COMPLETED:
-            return self.publish(record.city, record.run, job_name)
+            return self.publish(record.city, record.run, job_name, record=record)
         described = self.sagemaker.describe_training_job(TrainingJobName=job_name)
         return self._job_failed("training", record, job_name, status, described, TRAINING)
 
     # -- publishing ------------------------------------------------------------------
 
-    def publish(self, city: str, run: str, job_name: str | None = None) -> Outcome:
+    def publish(
+        self, city: str, run: str, job_name: str | None = None, *, record: Run | None = None
+    ) -> Outcome:
         """Copy a trained model to ``mme/``, run the quality gate, and move the alias.
 
         Parameters
@@ -945,6 +970,8 @@ class Pipeline:
             A run in TRAINING whose training job completed.
         job_name
             The training job (defaults to the run's).
+        record
+            The run as the caller just read it (saves reading it again).
 
         Returns
         -------
@@ -957,11 +984,17 @@ class Pipeline:
         ModelOverwriteRefused
             ``mme/{city}/{run}.tar.gz`` already holds a different model.
         """
-        record = self.registry.get_run(city, run)
+        if record is None:
+            record = self.registry.get_run(city, run)
         name = job_name or record.training_job
         if record.status != TRAINING:
             return self._stale(record, f"the run is {record.status}")
-        newest = self.registry.get_city(city).newest_published
+        # One read of the city serves the three questions asked of it: is a newer
+        # version published, which version does the gate compare with, and (as the
+        # alias move's first read) what the move replaces. A move made meanwhile fails
+        # the move's condition and is read again.
+        current = self.registry.get_city(city)
+        newest = current.newest_published
         if newest and newest > run:
             # No copy, no gate: this model can never be served (the alias only moves
             # forward, and rollback only goes to published versions).
@@ -978,7 +1011,6 @@ class Pipeline:
         }
         model_key = self._copy_model(artifact, city, run)
 
-        current = self.registry.get_city(city)
         serving = current.current if current.serving and current.current != run else None
         gate = run_gate(
             s3=self.s3,
@@ -990,18 +1022,11 @@ class Pipeline:
             tolerance=self.settings.gate_tolerance,
         )
         run_metrics = {**training_metrics, **gate.metrics()}
-        updated = self.registry.update_run(
-            city,
-            run,
-            expected_status=[TRAINING],
-            metrics=run_metrics,
-            gate=gate.to_dict(),
-            model_key=model_key,
-        )
-        if updated is None:
-            return self._stale(self.registry.get_run(city, run), "the run moved on meanwhile")
+        # Written with the run's final status (one write, not two): a crash before it
+        # leaves the run TRAINING, and the redelivered event runs the gate again.
+        gate_fields = {"metrics": run_metrics, "gate": gate.to_dict(), "model_key": model_key}
         if not gate.passed:
-            return self._not_published(record, gate.reason, gate).count("GateRefused")
+            return self._not_published(record, gate.reason, gate, gate_fields).count("GateRefused")
 
         # The alias, the run and the content's record move together (one transaction).
         published = self.registry.publish(
@@ -1012,12 +1037,16 @@ class Pipeline:
             reason=_clip(gate.reason),
             expected_status=[TRAINING],
             cutover_seconds=self.settings.alias_cache_seconds + CUTOVER_MARGIN_SECONDS,
+            run_fields=gate_fields,
+            record=record,
+            city_record=current,
         )
         if not published:
             latest = self.registry.get_run(city, run)
             if latest.status != TRAINING:
                 return self._stale(latest, f"the run is {latest.status}")
-            return self._superseded(record, self.registry.get_city(city).newest_published, gate)
+            newest = self.registry.get_city(city).newest_published
+            return self._superseded(record, newest, gate, gate_fields)
         return Outcome(
             Action.PUBLISHED,
             f"{city} now serves version {run}: {gate.reason}",
@@ -1034,6 +1063,8 @@ class Pipeline:
         bucket = self.settings.bucket
         target = layout.mme_key(city, version)
         source_etag = self.s3.head_object(Bucket=source_bucket, Key=source_key)["ETag"]
+        # Looked at first (one HEAD), not only after a refused copy: not every S3
+        # enforces IfNoneMatch on a copy (moto does not), and a model is never overwritten.
         if self._holds_copy_of(target, artifact, source_etag):
             return target  # an earlier try of this event copied it
         try:
@@ -1078,16 +1109,29 @@ class Pipeline:
             f"(from {metadata.get('source', 'elsewhere')}); models are never overwritten"
         )
 
-    def _superseded(self, record: Run, newest: str, gate: GateResult | None = None) -> Outcome:
-        return self._not_published(record, f"superseded by version {newest}", gate).count(
+    def _superseded(
+        self,
+        record: Run,
+        newest: str,
+        gate: GateResult | None = None,
+        fields: Mapping[str, Any] | None = None,
+    ) -> Outcome:
+        return self._not_published(record, f"superseded by version {newest}", gate, fields).count(
             "ModelSuperseded"
         )
 
-    def _not_published(self, record: Run, reason: str, gate: GateResult | None) -> Outcome:
+    def _not_published(
+        self,
+        record: Run,
+        reason: str,
+        gate: GateResult | None,
+        fields: Mapping[str, Any] | None = None,
+    ) -> Outcome:
         updated = self.registry.update_run(
             record.city,
             record.run,
             expected_status=[TRAINING],
+            **(fields or {}),
             status=NOT_PUBLISHED,
             reason=_clip(reason),
         )
@@ -1223,20 +1267,21 @@ class Pipeline:
 
     # -- shared ----------------------------------------------------------------------
 
-    def _run_for_job(self, name: str, status: str, kind: str) -> Run | Outcome:
-        """Return the run of one of this stack's jobs, or the outcome of ignoring the event."""
+    def _job_run(self, name: str, status: str, kind: str) -> tuple[str, str] | Outcome:
+        """Return ``(city, run)`` of one of this stack's jobs, or the outcome of ignoring
+        the event."""
         if parse_job_name(name, self.settings.stack) is None:
             return Outcome(
                 Action.IGNORED, f"{kind} job {name} is not a job of stack {self.settings.stack}"
             ).count("EventIgnored")
         if status not in TERMINAL_JOB_STATUSES:
             return Outcome(Action.IGNORED, f"{kind} job {name} is {status}", job_name=name)
-        record = self.registry.run_for_job(name)
-        if record is None:
+        key = self.registry.job_run(name)
+        if key is None:
             return Outcome(
                 Action.IGNORED, f"{kind} job {name} is not in the registry", job_name=name
             ).count("EventIgnored")
-        return record
+        return key
 
     def _job_failed(
         self,

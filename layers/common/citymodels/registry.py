@@ -575,21 +575,28 @@ class Registry:
         run: str,
         *,
         expected_status: Sequence[str] | None = None,
+        expected_fields: Mapping[str, str] | None = None,
         **fields: Any,
     ) -> Run | None:
         """Set fields of a run (e.g. ``status``, ``reason``, ``training_job``).
+
+        Returns the run as written (``ALL_NEW``: the caller needs no read to go on).
 
         Parameters
         ----------
         expected_status
             When given, update only if the run's status is one of these; returns None
             otherwise (a stale or duplicated event must not move a run backwards).
+        expected_fields
+            When given, update only if the run holds these values too (e.g. its
+            ``processing_job``: an event about another job moves nothing); returns
+            None otherwise.
         """
-        request = self._run_update(city, run, fields, expected_status)
+        request = self._run_update(city, run, fields, expected_status, expected_fields)
         try:
             answer = self._client.update_item(**request, ReturnValues="ALL_NEW")
         except self._condition_failed as err:
-            if expected_status:
+            if expected_status or expected_fields:
                 return None
             raise UnknownRun(f"city {city!r} has no run {run!r}", field="version") from err
         return _run(self._plain(answer.get("Attributes", {})))
@@ -600,8 +607,10 @@ class Registry:
         run: str,
         fields: Mapping[str, Any],
         expected_status: Sequence[str] | None,
+        expected_fields: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
-        """The update of an existing run's ``fields``, if its status is ``expected_status``."""
+        """The update of an existing run's ``fields``, if its status is ``expected_status``
+        and it holds ``expected_fields``."""
         unknown = set(fields) - set(Run.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown run field(s): {sorted(unknown)}")
@@ -613,6 +622,13 @@ class Registry:
             placeholders = [f":s{i}" for i in range(len(expected_status))]
             condition += f" AND #st IN ({', '.join(placeholders)})"
             condition_values = dict(zip(placeholders, expected_status))
+        condition_names = {"#st": "status"} if expected_status else {}
+        for i, (name, value) in enumerate((expected_fields or {}).items()):
+            if name not in Run.__dataclass_fields__:
+                raise ValueError(f"unknown run field {name!r}")
+            condition += f" AND #e{i} = :e{i}"
+            condition_names[f"#e{i}"] = name
+            condition_values[f":e{i}"] = value
         now = now_iso()
         # the watched-runs index follows the status, in the same write
         watched, unwatched = (
@@ -624,7 +640,7 @@ class Registry:
             {**fields, **watched, "updated_at": now},
             condition=condition,
             condition_values=condition_values,
-            condition_names={"#st": "status"} if expected_status else None,
+            condition_names=condition_names or None,
             remove=unwatched,
         )
 
@@ -687,6 +703,26 @@ class Registry:
             published_version=str(item.get("published_version", "")),
         )
 
+    def first_attempt(self, city: str, sha256: str, run: str) -> bool:
+        """Record ``run`` as attempt 1 of content never seen for the city; False (nothing
+        written) when the content is known: ask :meth:`get_content` then.
+
+        One conditional write for the common case, a new upload, where reading first
+        would find nothing.
+        """
+        pk = f"CITY#{validate_city_id(city)}"
+        try:
+            self._client.update_item(
+                TableName=self.table_name,
+                Key=self._item({"pk": pk, "sk": f"CONTENT#{sha256}"}),
+                UpdateExpression="SET attempts = :one, last_run = :run",
+                ConditionExpression="attribute_not_exists(pk)",
+                ExpressionAttributeValues=self._item({":one": 1, ":run": run}),
+            )
+        except self._client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
     def record_attempt(self, city: str, sha256: str, run: str) -> int:
         """Count a new run of this content for the city; return its attempt number."""
         pk = f"CITY#{validate_city_id(city)}"
@@ -736,10 +772,18 @@ class Registry:
 
     def run_for_job(self, job_name: str) -> Run | None:
         """Return the run a job belongs to, or None for a job this registry never started."""
+        key = self.job_run(job_name)
+        if key is None:
+            return None
+        return self.get_run(*key)
+
+    def job_run(self, job_name: str) -> tuple[str, str] | None:
+        """Return ``(city, run)`` of a job's run, or None for a job this registry never
+        started (one read: a caller that writes the run next needs no read of the run)."""
         item = self._get(f"JOB#{job_name}", "JOB")
         if item is None:
             return None
-        return self.get_run(str(item["city"]), str(item["run"]))
+        return str(item["city"]), str(item["run"])
 
     # -- publishing ------------------------------------------------------------------
 
@@ -754,6 +798,9 @@ class Registry:
         expected_status: Sequence[str] | None = None,
         cutover_seconds: float = 0.0,
         sleep: Callable[[float], None] = time.sleep,
+        run_fields: Mapping[str, Any] | None = None,
+        record: Run | None = None,
+        city_record: City | None = None,
     ) -> bool:
         """Move the alias to ``version`` if it is newer than every version ever published.
 
@@ -775,6 +822,12 @@ class Registry:
             first version answers at once (no reader can hold an older one).
         sleep
             Waits for a pending cut-over; injectable for tests.
+        run_fields
+            More of the run's fields to write with it (the gate's numbers, the metrics).
+        record, city_record
+            The run and the city as the caller last read them, to save reading them
+            again: the run's content hash never changes, and a city read before another
+            move is caught by the write's condition (``alias_rev``) and read again.
 
         Returns
         -------
@@ -788,7 +841,8 @@ class Registry:
         UnknownRun
             The city has no such run.
         """
-        record = self.get_run(city, version)  # its content hash does not change
+        if record is None:
+            record = self.get_run(city, version)  # its content hash does not change
         content = (
             [
                 self._update_request(
@@ -803,8 +857,8 @@ class Registry:
             run = self._run_update(
                 city,
                 version,
-                {"status": PUBLISHED, "reason": reason, "published_at": epoch_iso(now),
-                 "model_key": model_key},
+                {**(run_fields or {}), "status": PUBLISHED, "reason": reason,
+                 "published_at": epoch_iso(now), "model_key": model_key},
                 expected_status,
             )  # fmt: skip
             if self._transact(alias, run, *content):
@@ -821,6 +875,7 @@ class Registry:
             newer_only=True,
             cutover_seconds=cutover_seconds,
             sleep=sleep,
+            known=city_record,
         )
 
     def rollback(
@@ -878,6 +933,7 @@ class Registry:
         cutover_seconds: float,
         sleep: Callable[[float], None],
         attempts: int = 8,
+        known: City | None = None,
     ) -> bool:
         """Schedule the cut-over of ``city``'s alias to ``version``.
 
@@ -891,11 +947,15 @@ class Registry:
         -------
         bool
             False when a newer version was published (a publish only) or ``write``
-            said so; True when written.
+            said so; True when written. ``known``, the city as last read, stands for
+            the first read (a stale one fails the write's condition and is read again).
         """
         for _ in range(attempts):
-            item = self._get("CITIES", city)
-            record = _city(item) if item else City(city=city)
+            if known is not None and known.city == city:
+                record, known = known, None
+            else:
+                item = self._get("CITIES", city)
+                record = _city(item) if item else City(city=city)
             now = self.clock()
             pending = record.cutover_epoch() - now
             if pending > 0:
