@@ -107,3 +107,43 @@ def test_a_transaction_copies_the_items_it_writes_not_the_table(
     # never a table: the cost does not grow with the table's 200 other items
     assert not any(isinstance(thing, Table) for thing in copied)
     assert sum(isinstance(thing, Item) for thing in copied) <= 2
+
+
+def test_a_query_reads_its_partition_only_and_answers_as_moto_does(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for pk in ("CITIES", "CITY#a", "CITY#b"):
+        for sk in ("c", "a", "b", "a-", "a0"):
+            client.put_item(TableName=TABLE, Item={**key(pk, sk), "v": {"S": pk + sk}})
+
+    def ask() -> list[list[str]]:
+        answers = []
+        for condition, values, forward in [
+            ("pk = :p", {":p": {"S": "CITIES"}}, True),
+            ("pk = :p AND sk BETWEEN :l AND :h", {":p": {"S": "CITY#a"}, ":l": {"S": "a-"},
+             ":h": {"S": "b"}}, False),
+            ("pk = :p AND begins_with(sk, :s)", {":p": {"S": "CITY#b"}, ":s": {"S": "a"}}, True),
+        ]:  # fmt: skip
+            answer = client.query(
+                TableName=TABLE,
+                KeyConditionExpression=condition,
+                ExpressionAttributeValues=values,
+                ScanIndexForward=forward,
+                Limit=3,
+            )
+            # the items, in order; and whether it says more may follow where more match
+            # (moto also says so when the page is full and only other items follow)
+            more_match = condition.endswith(":p")
+            answers.append(
+                [i["v"]["S"] for i in answer["Items"]]
+                + ([str(answer.get("LastEvaluatedKey"))] if more_match else [])
+            )
+        return answers
+
+    as_moto = ask()
+    monkeypatch.setattr(Table, "query", dynamodb.partition_query(Table.query))
+    read: list[int] = []
+    all_items = Table.all_items
+    monkeypatch.setattr(Table, "all_items", lambda self: read.append(1) or all_items(self))
+    assert ask() == as_moto
+    assert read == []  # the whole table was never listed
