@@ -92,7 +92,7 @@ class StackOutputs:
     def cutover_seconds(self) -> float:
         """How far ahead an alias move is scheduled: the stack's ``AliasCacheSeconds``
         (its template default if unknown) plus the cut-over margin."""
-        from citymodels.registry import CUTOVER_MARGIN_SECONDS
+        from citymodels.registry import cutover_lead
 
         value = self.get("AliasCacheSeconds")
         if value is None:
@@ -102,7 +102,7 @@ class StackOutputs:
             parameters = load_yaml(REPO_ROOT / "template.yaml")["Parameters"]
             value = str(parameters["AliasCacheSeconds"]["Default"])
         try:
-            return float(value) + CUTOVER_MARGIN_SECONDS
+            return cutover_lead(float(value))
         except ValueError as err:
             raise StackError(f"AliasCacheSeconds {value!r} is not a number") from err
 

@@ -62,12 +62,12 @@ from citymodels.errors import (
 )
 from citymodels.layout import target_model
 from citymodels.registry import (
-    CUTOVER_MARGIN_SECONDS,
     MAX_PAGE,
     City,
     Registry,
     Run,
     UnknownCity,
+    cutover_lead,
     epoch_iso,
 )
 from citymodels.schema import (
@@ -1204,7 +1204,7 @@ class CityApi:
         validate_version(version)  # a malformed id is the client's mistake, whatever the city
         self.registry.get_city(city)
         moved = self.registry.rollback(
-            city, version, cutover_seconds=self._alias_cache_seconds + CUTOVER_MARGIN_SECONDS
+            city, version, cutover_seconds=cutover_lead(self._alias_cache_seconds)
         )
         self.aliases.invalidate(city)
         return city_summary(moved, self._wall())

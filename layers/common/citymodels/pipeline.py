@@ -41,7 +41,6 @@ from citymodels.errors import CityModelsError, InvalidCityId, InvalidKey
 from citymodels.gate import GateResult, run_gate
 from citymodels.jobs import job_name, parse_job_name, validate_stack_name
 from citymodels.registry import (
-    CUTOVER_MARGIN_SECONDS,
     DUPLICATE,
     FAILED,
     IN_PROGRESS,
@@ -53,6 +52,7 @@ from citymodels.registry import (
     Registry,
     Run,
     UnknownRun,
+    cutover_lead,
 )
 from citymodels.schema import FEATURE_DIM, SCHEMA_VERSION
 from citymodels.settings import ConfigurationError, env, env_float
@@ -1036,7 +1036,7 @@ class Pipeline:
             model_key=model_key,
             reason=_clip(gate.reason),
             expected_status=[TRAINING],
-            cutover_seconds=self.settings.alias_cache_seconds + CUTOVER_MARGIN_SECONDS,
+            cutover_seconds=cutover_lead(self.settings.alias_cache_seconds),
             run_fields=gate_fields,
             record=record,
             city_record=current,

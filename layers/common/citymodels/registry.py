@@ -160,6 +160,15 @@ CUTOVER_MARGIN_SECONDS = 0.25
 write's own latency and the readers' clock skew (docs/design.md §3, "cut-over")."""
 
 
+def cutover_lead(alias_cache_seconds: float) -> float:
+    """How far ahead an alias move is scheduled when readers cache it this long.
+
+    The cache lifetime plus :data:`CUTOVER_MARGIN_SECONDS`; none when nothing caches
+    (every read then sees the write at once, so the move can take effect at once).
+    """
+    return alias_cache_seconds + CUTOVER_MARGIN_SECONDS if alias_cache_seconds > 0 else 0.0
+
+
 class AliasBusy(RegistryError):
     """Another alias move kept winning the race for this city."""
 
@@ -818,7 +827,8 @@ class Registry:
             When given, publish only if the run's status is one of these.
         cutover_seconds
             How far ahead the cut-over is scheduled: the longest any reader caches the
-            alias (``AliasCacheSeconds``) plus :data:`CUTOVER_MARGIN_SECONDS`. A city's
+            alias (``AliasCacheSeconds``) plus :data:`CUTOVER_MARGIN_SECONDS`
+            (:func:`cutover_lead`). A city's
             first version answers at once (no reader can hold an older one).
         sleep
             Waits for a pending cut-over; injectable for tests.
