@@ -1488,6 +1488,8 @@ def _local_options(args: argparse.Namespace, work_dir: Path) -> Any:
         mme_max_memory_mb=args.mme_max_memory_mb,
         model_overhead_mb=args.model_overhead_mb,
         job_workers=args.job_workers,
+        persist=True,
+        fresh=args.fresh,
     )
 
 
@@ -1564,7 +1566,12 @@ def _add_local_commands(commands: Any) -> None:
     up = local_commands.add_parser(
         "up",
         help="start the local stack (foreground; --detach for background)",
-        description="Start the local stack, print its outputs and write them as JSON.",
+        description=(
+            "Start the local stack, print its outputs and write them as JSON. The stack keeps "
+            "its state (S3 objects, the registry, API keys, queued events, jobs) in its work "
+            "directory and carries on from it on the next start, even after a crash; "
+            "--fresh starts empty."
+        ),
     )
     up.add_argument("--template", help="the SAM template (default: the repository's template.yaml)")
     up.add_argument(
@@ -1589,6 +1596,12 @@ def _add_local_commands(commands: Any) -> None:
         "--detach",
         action="store_true",
         help="run in the background; stop with `citymodels local down`",
+    )
+    up.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start empty: delete the state kept from earlier runs (S3 objects, the registry, "
+        "keys, queues, jobs); without it the stack carries on where it stopped",
     )
     up.add_argument(
         "--mme-max-models",
