@@ -339,18 +339,26 @@ class StateStore:
 
     # -- the journal
 
+    @property
+    def keeping(self) -> bool:
+        """Whether changes are journaled (between :meth:`restore` and :meth:`close`)."""
+        return self._fd is not None
+
     def append(self, participant: str, payload: Any) -> None:
         """Append one record, then return (the caller acknowledges the change after).
 
         One ``write()`` of the framed record to a file opened ``O_APPEND``: once it
         returns, the record is in the page cache and outlives this process.
         """
+        if not self.keeping:
+            return  # not restored yet, or closed: nothing is kept
         data = _dumps((participant, payload))
         frame = _HEADER.pack(len(data), zlib.crc32(data)) + data
         with self.lock:
-            if self._fd is None:
-                return  # not restored yet, or closed: nothing is kept
-            written = os.write(self._fd, frame)
+            fd = self._fd  # closed meanwhile?
+            if fd is None:
+                return
+            written = os.write(fd, frame)
             if written != len(frame):  # a regular file writes whole or raises (ENOSPC)
                 raise OSError(f"short write to the journal ({written} of {len(frame)} bytes)")
             self._journal_bytes += len(frame)
@@ -547,6 +555,10 @@ class StateStore:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+            for backend, methods in self._wrapped.values():
+                for method in methods:
+                    vars(backend).pop(method, None)
+            self._wrapped.clear()
 
 
 def _call_wsgi(app: Callable[..., Any], headers: Mapping[str, str], body: bytes) -> None:
