@@ -127,6 +127,15 @@ def test_after_a_crash_every_acknowledged_change_is_back_with_the_ids_clients_sa
             {"Put": {"TableName": TABLE, "Item": {"pk": {"S": "KEYS"}}}},
         ]
     )
+    dynamodb.put_item(TableName=TABLE, Item={"pk": {"S": "OLD"}})
+    dynamodb.batch_write_item(
+        RequestItems={
+            TABLE: [
+                {"PutRequest": {"Item": {"pk": {"S": "BATCH"}}}},
+                {"DeleteRequest": {"Key": {"pk": {"S": "OLD"}}}},
+            ]
+        }
+    )
     with pytest.raises(dynamodb.exceptions.ConditionalCheckFailedException):
         dynamodb.put_item(
             TableName=TABLE,
@@ -158,7 +167,9 @@ def test_after_a_crash_every_acknowledged_change_is_back_with_the_ids_clients_sa
         assert item["n"] == {"N": "2"}
         keys = dynamodb.get_item(TableName=TABLE, Key={"pk": {"S": "KEYS"}})["Item"]
         assert "lost" not in keys
-        assert "Item" in dynamodb.get_item(TableName=TABLE, Key={"pk": {"S": "KEY#1"}})
+        for present, absent in (("KEY#1", "OLD"), ("BATCH", "OLD")):
+            assert "Item" in dynamodb.get_item(TableName=TABLE, Key={"pk": {"S": present}})
+            assert "Item" not in dynamodb.get_item(TableName=TABLE, Key={"pk": {"S": absent}})
         # ...and the messages not deleted are delivered, the one in flight at once
         bodies = {
             m["Body"]

@@ -216,11 +216,11 @@ class _MotoEnviron:
                 operation = target.partition(".")[2]
                 if self.store is None or operation in DYNAMODB_READS:
                     return list(self.app(environ, start_response))
-                return self._journaled(self.store, environ, start_response)
+                return self._journaled(self.store, environ, start_response, target)
         return self.app(environ, start_response)
 
     def _journaled(
-        self, store: StateStore, environ: dict[str, Any], start_response: Any
+        self, store: StateStore, environ: dict[str, Any], start_response: Any, target: str
     ) -> list[bytes]:
         """Serve a DynamoDB write; journal it, if it succeeded, before it is answered."""
         import io
@@ -228,11 +228,13 @@ class _MotoEnviron:
         body = environ["wsgi.input"].read()
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
-        status: list[str] = []
+        answered: list[tuple[str, Any, Any]] = []
 
         def capture(line: str, headers: Any, exc_info: Any = None) -> Any:
-            status.append(line)
-            return start_response(line, headers, exc_info)
+            # Held back until the store's lock is released: a2wsgi's start_response
+            # waits on the event loop, which may itself wait on that lock.
+            answered.append((line, headers, exc_info))
+            return lambda _data: None
 
         headers = {
             key[5:].replace("_", "-").title(): value
@@ -242,8 +244,9 @@ class _MotoEnviron:
         headers["Content-Type"] = environ.get("CONTENT_TYPE", "")
         with store.lock:
             chunks = list(self.app(environ, capture))
-            if status and status[0].startswith("2"):
-                store.journal_dynamodb(headers, body)
+            if answered and answered[0][0].startswith("2"):
+                store.journal_dynamodb(target.partition(".")[2], headers, body)
+        start_response(*answered[0])
         return chunks
 
 
@@ -565,7 +568,12 @@ class AwsApp:
                         "sequencer": self.s3_events.sequencer.next(),
                     }
                     if self.store is not None:  # journaled before the client has its answer
-                        self._pending.add(answer["id"], answer["arguments"])
+                        await asyncio.get_running_loop().run_in_executor(
+                            self._control_pool,
+                            self._pending.add,
+                            answer["id"],
+                            answer["arguments"],
+                        )
             await send(message)
 
         await self._moto(scope, receive, capture)

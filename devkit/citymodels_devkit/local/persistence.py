@@ -28,9 +28,10 @@ What is journaled, and how it is replayed deterministically:
   message id, resolved from the receipt handle when it happened). Receives are not
   journaled: after a restore every message is visible at once, so what a function was
   handling when the stack died is delivered again (at least once, as SQS promises).
-- DynamoDB: each write request that succeeded (``PutItem``, ``UpdateItem``,
-  ``TransactWriteItems``... anything but the reads), as it arrived; replayed through
-  moto in the same order, DynamoDB writes being deterministic.
+- DynamoDB: after each write request that succeeded (``PutItem``, ``UpdateItem``,
+  ``DeleteItem``, ``BatchWriteItem``, ``TransactWriteItems``), the state of every item
+  it wrote (or its absence), put back on replay; other changes (``CreateTable``...)
+  as the request, replayed through moto (they are rare, and deterministic).
 - Participants record what they own (see :class:`Participant`).
 
 Bucket, table and queue creation and EventBridge rules are kept by snapshots only: the
@@ -96,6 +97,30 @@ DYNAMODB_READS: Final = frozenset(
     }
 )
 """DynamoDB operations that change nothing (every other one is journaled)."""
+
+_ITEM_WRITES: Final = frozenset(
+    {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
+)
+
+
+def _written_items(operation: str, request: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+    """``(table, item or key)`` of each item a successful write request changed."""
+    if operation == "PutItem":
+        yield request["TableName"], request["Item"]
+    elif operation in ("UpdateItem", "DeleteItem"):
+        yield request["TableName"], request["Key"]
+    elif operation == "BatchWriteItem":
+        for table_name, writes in request["RequestItems"].items():
+            for write in writes:
+                if "PutRequest" in write:
+                    yield table_name, write["PutRequest"]["Item"]
+                else:
+                    yield table_name, write["DeleteRequest"]["Key"]
+    else:
+        for entry in request["TransactItems"]:
+            for action, field in (("Put", "Item"), ("Update", "Key"), ("Delete", "Key")):
+                if action in entry:
+                    yield entry[action]["TableName"], entry[action][field]
 
 
 class Participant(Protocol):
@@ -332,10 +357,30 @@ class StateStore:
     def _after_sqs_purge(self, _backend: Any, _result: Any, queue_name: str) -> None:
         self.append("sqs", ("purge", queue_name, []))
 
-    def journal_dynamodb(self, headers: Mapping[str, str], body: bytes) -> None:
-        """Journal a DynamoDB write request that succeeded (call with :attr:`lock` held,
-        around the request)."""
-        self.append("dynamodb", (dict(headers), body))
+    def journal_dynamodb(self, operation: str, headers: Mapping[str, str], body: bytes) -> None:
+        """Journal a DynamoDB write request that succeeded.
+
+        Call with :attr:`lock` held, around the request. Item writes are journaled as
+        the items' states after the write (replayed by putting them back, which is
+        fast); anything else (``CreateTable``...) as the request, replayed through moto.
+        """
+        if operation not in _ITEM_WRITES:
+            self.append("dynamodb", ("request", dict(headers), body))
+            return
+        import json
+
+        backend = self._backends()["dynamodb"][self.region]
+        states = []
+        for table_name, attributes in _written_items(operation, json.loads(body)):
+            table = backend.get_table(table_name)
+            key = {
+                name: attributes[name]
+                for name in (table.hash_key_attr, table.range_key_attr)
+                if name is not None and name in attributes
+            }
+            item = backend.get_item(table_name, key)
+            states.append((table_name, key, None if item is None else item.to_json()["Attributes"]))
+        self.append("dynamodb", ("items", states))
 
     # -- the journal
 
@@ -459,11 +504,12 @@ class StateStore:
             key=_generation,
         )
         records = skipped = 0
+        backends = self._backends()
         for path in journals:
             for participant, payload in read_journal(path):
                 records += 1
                 try:
-                    self._replay(participant, payload, moto_app)
+                    self._replay(participant, payload, moto_app, backends)
                 except Exception as error:
                     skipped += 1
                     logger.warning("journal record of %s not restored: %r", participant, error)
@@ -489,8 +535,13 @@ class StateStore:
             if participant is not None:
                 participant.load_state(saved)
 
-    def _replay(self, participant: str, payload: Any, moto_app: Callable[..., Any]) -> None:
-        backends = self._backends()
+    def _replay(
+        self,
+        participant: str,
+        payload: Any,
+        moto_app: Callable[..., Any],
+        backends: Mapping[str, Mapping[str, Any]],
+    ) -> None:
         if participant == "s3":
             bucket_name, key_name, versions = payload
             keys = backends["s3"]["aws"].buckets[bucket_name].keys
@@ -509,8 +560,16 @@ class StateStore:
             else:
                 queue._messages = []
         elif participant == "dynamodb":
-            headers, body = payload
-            _call_wsgi(moto_app, headers, body)
+            kind, *rest = payload
+            if kind == "items":
+                dynamodb = backends["dynamodb"][self.region]
+                for table_name, key, attributes in rest[0]:
+                    if attributes is None:
+                        dynamodb.delete_item(table_name, key)
+                    else:
+                        dynamodb.put_item(table_name, attributes)
+            else:
+                _call_wsgi(moto_app, *rest)
         elif participant in self._participants:
             self._participants[participant].replay(payload)
         else:
