@@ -42,6 +42,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, Final, Protocol, cast
@@ -566,6 +567,7 @@ class AwsApp:
                         "source_ip": client[0],
                         "stored": observed[1],
                         "sequencer": self.s3_events.sequencer.next(),
+                        "time": datetime.now(UTC),
                     }
                     if self.store is not None:  # journaled before the client has its answer
                         await asyncio.get_running_loop().run_in_executor(
@@ -591,6 +593,7 @@ class AwsApp:
                 source_ip=arguments["source_ip"],
                 stored=arguments["stored"],
                 sequencer=arguments["sequencer"],
+                when=arguments.get("time"),
             )
         except Exception:  # the write succeeded; a lost event is logged, not raised
             logger.exception("could not emit the Object Created event of %s", write)
