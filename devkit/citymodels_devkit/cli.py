@@ -1493,13 +1493,14 @@ def _local_options(args: argparse.Namespace, work_dir: Path) -> Any:
     )
 
 
-def _render_outputs(outputs: dict[str, str], path: Path) -> None:
+def _render_outputs(outputs: dict[str, str], path: Path, state: Path) -> None:
     # print() not rich: values are copied (URLs, the key), so never folded mid-word
     print("citymodels local stack")
     width = max(map(len, outputs), default=0)
     for name, value in outputs.items():
         print(f"  {name:<{width}}  {value}")
     print(f"outputs written to {path}")
+    print(f"state kept in {state} across restarts (local up --fresh starts empty)")
     print(
         f"point any AWS client at it: export AWS_ENDPOINT_URL={outputs.get('AwsEndpointUrl', '')}"
     )
@@ -1520,7 +1521,7 @@ def _local_up(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(outputs)
         else:
-            _render_outputs(outputs, outputs_path)
+            _render_outputs(outputs, outputs_path, files.work_dir / "state")
             # print() not rich: paths and a command to copy, never folded mid-word
             print(f"running in the background (log: {files.log}); stop it with: {down}")
         return 0
@@ -1532,7 +1533,7 @@ def _local_up(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(outputs)
         else:
-            _render_outputs(outputs, outputs_path)
+            _render_outputs(outputs, outputs_path, files.work_dir / "state")
             _out().print("serving; Ctrl-C stops the stack")
 
     run_foreground(stack, files, on_ready=ready)
@@ -1638,7 +1639,10 @@ def _add_local_commands(commands: Any) -> None:
     down = local_commands.add_parser(
         "down",
         help="stop a local stack (the one writing .citymodels/outputs.json by default)",
-        description="Stop the local stack whose outputs are in --outputs-file.",
+        description=(
+            "Stop the local stack whose outputs are in --outputs-file. Its state is kept: "
+            "the next `local up` carries on from it (`local up --fresh` starts empty)."
+        ),
     )
     down.add_argument(
         "--outputs-file",

@@ -98,6 +98,20 @@ class DetachedStack:
         )
         return key, str(answer["VersionId"])
 
+    def wait_status(self, city: str, key: str, status: str, timeout: float = 60.0) -> None:
+        """Wait until the upload of ``key`` is listed with ``status``."""
+        deadline = time.monotonic() + timeout
+        api = self.api()
+        while time.monotonic() < deadline:
+            answer = api.call("GET", f"cities/{city}")
+            if answer.status == 200 and any(
+                u.get("key") == key and u.get("status") == status
+                for u in answer.body.get("uploads", [])
+            ):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"upload {key} never {status} within {timeout} s")
+
     def wait_upload(self, city: str, key: str, timeout: float = 120.0) -> dict[str, Any]:
         """Wait until the upload of ``key`` reaches a final status; return it."""
         deadline = time.monotonic() + timeout
@@ -170,14 +184,18 @@ def test_local_down_then_up_keeps_cities_models_and_keys_and_fresh_forgets_them(
         stack.down()
 
 
-def test_an_upload_acknowledged_just_before_a_sigkill_is_onboarded_after_the_restart(
-    tmp_path: Path,
+@pytest.mark.parametrize("kill_when", ["acknowledged", "processing"])
+def test_an_upload_in_flight_at_a_sigkill_is_onboarded_after_the_restart(
+    tmp_path: Path, kill_when: str
 ) -> None:
     stack = DetachedStack(tmp_path)
     stack.up()
-    # GIVEN an upload S3 acknowledged, and the whole stack killed right after
+    # GIVEN an upload S3 acknowledged, and the whole stack killed right after, or once
+    # its run is PROCESSING (the processing job created or about to be)
     try:
         key, version_id = stack.upload("Killed_B")
+        if kill_when == "processing":
+            stack.wait_status("Killed_B", key, "PROCESSING")
     finally:
         stack.kill()
 
