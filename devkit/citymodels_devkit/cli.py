@@ -1662,6 +1662,9 @@ def _explain(err: BaseException) -> tuple[int, str] | None:
     local_run = sys.modules.get("citymodels_devkit.local.run")
     if local_run is not None and isinstance(err, local_run.LocalStackError):
         return 1, str(err)
+    persistence = sys.modules.get("citymodels_devkit.local.persistence")
+    if persistence is not None and isinstance(err, persistence.StateUnreadable):
+        return 1, str(err)
     if isinstance(err, CityModelsError):
         from citymodels_devkit.api_client import ApiCallFailed
         from citymodels_devkit.operations import OperationFailed

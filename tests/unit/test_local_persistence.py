@@ -9,6 +9,7 @@ endpoint on the same directory and looks at what a client sees.
 from __future__ import annotations
 
 import json
+import pickle
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import pytest
 from botocore.config import Config
 
 from citymodels_devkit.local.aws import AwsApp, LocalAwsServer, build_aws_app
-from citymodels_devkit.local.persistence import StateStore, read_journal
+from citymodels_devkit.local.persistence import StateStore, StateUnreadable, read_journal
 from citymodels_devkit.local.s3events import MotoEventBus
 from citymodels_devkit.local.sagemaker_jobs import (
     COMPLETED,
@@ -255,6 +256,17 @@ def test_an_acknowledged_upload_whose_event_was_lost_is_announced_after_the_rest
         ]
     finally:
         second.stop()
+
+
+def test_state_from_another_moto_version_is_refused_saying_how_to_start_fresh(
+    tmp_path: Path,
+) -> None:
+    # GIVEN a snapshot an older local stack wrote, with the moto of its day
+    snapshot = {"format": 1, "moto_version": "0.0.1", "generation": 1, "moto": {}}
+    (tmp_path / "snapshot.pickle").write_bytes(pickle.dumps(snapshot | {"participants": {}}))
+
+    with pytest.raises(StateUnreadable, match=r"moto 0\.0\.1.*local up --fresh"):
+        build_aws_app(state_dir=tmp_path)
 
 
 def test_a_torn_last_record_is_ignored_and_the_records_before_it_are_kept(

@@ -66,6 +66,7 @@ __all__ = [
     "Participant",
     "Restored",
     "StateStore",
+    "StateUnreadable",
     "read_journal",
 ]
 
@@ -121,6 +122,26 @@ def _written_items(operation: str, request: Mapping[str, Any]) -> Iterator[tuple
             for action, field in (("Put", "Item"), ("Update", "Key"), ("Delete", "Key")):
                 if action in entry:
                     yield entry[action]["TableName"], entry[action][field]
+
+
+class StateUnreadable(RuntimeError):
+    """The kept state cannot be restored (written by another version, or damaged).
+
+    The message names the file and says how to start anyway (``local up --fresh``).
+    """
+
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(
+            f"the local stack's kept state in {path.parent} cannot be restored ({path.name}: "
+            f"{why}): start empty with `citymodels local up --fresh` (it deletes that state)"
+        )
+        self.path = path
+
+
+def _moto_version() -> str:
+    from importlib.metadata import version
+
+    return version("moto")
 
 
 class Participant(Protocol):
@@ -466,6 +487,7 @@ class StateStore:
                 }
         return {
             "format": _FORMAT,
+            "moto_version": _moto_version(),
             "generation": self._generation + 1,
             "time": time.time(),
             "moto": moto_state,
@@ -490,11 +512,17 @@ class StateStore:
         generation = 0
         loaded = False
         if snapshot_path.exists():
-            state = pickle.loads(snapshot_path.read_bytes())
-            if state.get("format") != _FORMAT:
-                raise RuntimeError(
-                    f"{snapshot_path} was written by another version of the local stack: "
-                    "start with `citymodels local up --fresh`"
+            try:
+                state = pickle.loads(snapshot_path.read_bytes())
+            except Exception as error:  # moto's classes changed (an upgrade), or damage
+                raise StateUnreadable(snapshot_path, repr(error)) from error
+            if state.get("format") != _FORMAT or state.get("moto") is None:
+                raise StateUnreadable(snapshot_path, f"format {state.get('format')!r}")
+            if state.get("moto_version") != _moto_version():
+                raise StateUnreadable(
+                    snapshot_path,
+                    f"written with moto {state.get('moto_version')}, this is moto "
+                    f"{_moto_version()}",
                 )
             generation = int(state["generation"])
             self._load(state)
@@ -506,7 +534,11 @@ class StateStore:
         records = skipped = 0
         backends = self._backends()
         for path in journals:
-            for participant, payload in read_journal(path):
+            try:
+                found = list(read_journal(path))
+            except Exception as error:  # a record of classes that changed (an upgrade)
+                raise StateUnreadable(path, repr(error)) from error
+            for participant, payload in found:
                 records += 1
                 try:
                     self._replay(participant, payload, moto_app, backends)
