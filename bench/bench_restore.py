@@ -13,7 +13,9 @@ Then measures, each restore in a fresh process (moto imported, nothing else time
 - ``snapshot``: restoring after ``local down`` (one snapshot, empty journal);
 - ``journal``: restoring after a SIGKILL with everything since the first snapshot in
   the journal (the worst case: the scheduled snapshot never ran);
-- the snapshot's write time and size.
+- the snapshot's write time and size;
+- what the journal adds to a change: ``PutObject`` (20 KB) p50/p90 without and with a
+  kept state.
 
 Prints one JSON object; the figures are medians over ``--runs`` restores.
 
@@ -35,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from common import claim_stdout, machine
+from common import claim_stdout, machine, percentiles
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -91,6 +93,23 @@ def measure_restores(directory: Path, runs: int) -> dict[str, Any]:
         "s3_object_versions": last["objects"],
         "registry_items": last["items"],
     }
+
+
+def put_latency_us(url: str, bucket: str, count: int = 300) -> dict[str, float] | None:
+    """p50/p90 of a 20 KB ``PutObject`` through the endpoint at ``url`` (µs)."""
+    import boto3
+
+    s3 = boto3.session.Session(
+        aws_access_key_id="local", aws_secret_access_key="local", region_name=REGION
+    ).client("s3", endpoint_url=url)
+    s3.create_bucket(Bucket=bucket)
+    body = b"x" * 20_000
+    samples = []
+    for i in range(count):
+        started = time.perf_counter_ns()
+        s3.put_object(Bucket=bucket, Key=f"latency/{i}.csv", Body=body)
+        samples.append(time.perf_counter_ns() - started)
+    return percentiles(samples, 1e3)
 
 
 def build_state(url: str, cities: int, rows: int) -> None:
@@ -177,6 +196,10 @@ def main() -> None:
 
     from citymodels_devkit.local.aws import LocalAwsServer, build_aws_app
 
+    # The journal's cost per change: the same writes without, then with, a kept state
+    # (measured first: the store's journaling wraps moto's backends process-wide).
+    with LocalAwsServer(build_aws_app(), port=0) as plain:
+        result["put_object_us_without_state"] = put_latency_us(plain.url, "cm-bench-plain")
     work = Path(tempfile.mkdtemp(prefix="cm-bench-restore-"))
     state = work / "state"
     app = build_aws_app(state_dir=state, event_buckets=[BUCKET])
@@ -205,6 +228,7 @@ def main() -> None:
         for queue in QUEUES:
             sqs.create_queue(QueueName=queue)
         app.store.snapshot()  # what the stack takes once started; no schedule here
+        result["put_object_us_with_state"] = put_latency_us(server.url, "cm-bench-kept")
         started = time.perf_counter()
         build_state(server.url, args.cities, args.rows)
         result["build_s"] = time.perf_counter() - started

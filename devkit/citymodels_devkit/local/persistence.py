@@ -619,7 +619,12 @@ class StateStore:
     # -- schedule and shutdown
 
     def start_schedule(self, check_every: float = 5.0) -> None:
-        """Take snapshots in the background (see ``snapshot_interval``, ``journal_limit``)."""
+        """Take snapshots in the background (see ``snapshot_interval``, ``journal_limit``).
+
+        Idempotent: one schedule per store.
+        """
+        if self._thread is not None:
+            return
 
         def run() -> None:
             last = time.monotonic()
