@@ -95,6 +95,18 @@ def measure_restores(directory: Path, runs: int) -> dict[str, Any]:
     }
 
 
+def template_tables() -> dict[str, Any]:
+    """The template's DynamoDB tables, resolved as the local stack resolves them."""
+    from citymodels_devkit.local.stack import LOCAL_IMAGES
+    from citymodels_devkit.local.template import resolve_template
+    from citymodels_devkit.paths import REPO_ROOT
+
+    resolved = resolve_template(
+        REPO_ROOT / "template.yaml", stack_name="cm-bench", parameter_overrides=LOCAL_IMAGES
+    )
+    return dict(resolved.tables)
+
+
 def put_latency_us(url: str, bucket: str, count: int = 300) -> dict[str, float] | None:
     """p50/p90 of a 20 KB ``PutObject`` through the endpoint at ``url`` (µs)."""
     import boto3
@@ -141,7 +153,17 @@ def build_state(url: str, cities: int, rows: int) -> None:
         sha = hashlib.sha256(body).hexdigest()
         registry.record_attempt(name, sha, run)
         registry.create_run(Run(name, run, key, "PROCESSING", sha256=sha, size=len(body)))
-        registry.record_job(f"cm-bench-{i:08x}-p-1", name, run)
+        processing = f"cm-bench-{i:08x}-p-1"
+        registry.name_job(
+            name,
+            run,
+            processing,
+            expected_status=["PROCESSING"],
+            sha256=sha,
+            attempt=1,
+            processing_job=processing,
+            input_key=f"inputs/{name}/{run}/houses.csv",
+        )
         s3.copy_object(
             Bucket=BUCKET,
             Key=f"inputs/{name}/{run}/houses.csv",
@@ -156,8 +178,11 @@ def build_state(url: str, cities: int, rows: int) -> None:
             s3.put_object(
                 Bucket=BUCKET, Key=f"processed/{name}/{run}/{split}/{split}.csv", Body=part
             )
-        registry.update_run(name, run, status="TRAINING", training_job=f"cm-bench-{i:08x}-t-1")
-        registry.record_job(f"cm-bench-{i:08x}-t-1", name, run)
+        registry.update_run(
+            name, run, expected_status=["PROCESSING"], status="TRAINING", training_job=processing
+        )
+        training = f"cm-bench-{i:08x}-t-1"
+        registry.name_job(name, run, training, expected_status=["TRAINING"], training_job=training)
         output = f"training/{name}/{run}/output/model.tar.gz"
         s3.put_object(Bucket=BUCKET, Key=output, Body=model)
         model_key = f"mme/{name}/{run}.tar.gz"
@@ -212,16 +237,13 @@ def main() -> None:
         s3 = session.client("s3", endpoint_url=server.url)
         s3.create_bucket(Bucket=BUCKET)
         s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+        # The registry table as the template defines it (keys, the watched-runs index).
+        spec = next(iter(template_tables().values()))
         session.client("dynamodb", endpoint_url=server.url).create_table(
             TableName=TABLE,
-            KeySchema=[
-                {"AttributeName": "pk", "KeyType": "HASH"},
-                {"AttributeName": "sk", "KeyType": "RANGE"},
-            ],
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "S"},
-            ],
+            KeySchema=spec["KeySchema"],
+            AttributeDefinitions=spec["AttributeDefinitions"],
+            GlobalSecondaryIndexes=spec["GlobalSecondaryIndexes"],
             BillingMode="PAY_PER_REQUEST",
         )
         sqs = session.client("sqs", endpoint_url=server.url)
