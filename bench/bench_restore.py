@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import resource
 import shutil
 import statistics
 import subprocess
@@ -254,6 +255,7 @@ def main() -> None:
         started = time.perf_counter()
         build_state(server.url, args.cities, args.rows)
         result["build_s"] = time.perf_counter() - started
+        result["build_max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         # the SIGKILL case: everything since the first snapshot is in the journal
         crashed = work / "crashed"
         shutil.copytree(state, crashed)
