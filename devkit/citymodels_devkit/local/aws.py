@@ -338,7 +338,11 @@ class AwsApp:
                 store.register(participant)
                 participant.journal = store.append
             store.install()
-            self.restored = store.restore(moto_app)
+            try:
+                self.restored = store.restore(moto_app)
+            except BaseException:
+                store.close(snapshot=False)  # moto's backends as they were: unwrapped
+                raise
             for event_id, arguments in list(self._pending.pending.items()):
                 self._emit_pending(event_id, arguments)
         # a2wsgi's precise ASGI/WSGI types; this module uses plain mappings.

@@ -337,7 +337,9 @@ class StateStore:
         *,
         names: tuple[str, ...],
     ) -> None:
-        original = getattr(backend, method)
+        # The class's method, never an instance attribute a failed start may have left:
+        # a wrapper is never wrapped again.
+        original = getattr(type(backend), method).__get__(backend)
         signature = inspect.signature(original)
         store = self
 
@@ -352,7 +354,7 @@ class StateStore:
         self._wrapped.setdefault(id(backend), (backend, set()))[1].add(method)
 
     def _wrap_sqs_delete(self, sqs: Any) -> None:
-        original = sqs.delete_message
+        original = type(sqs).delete_message.__get__(sqs)
         store = self
 
         def delete_message(queue_name: str, receipt_handle: str) -> None:
