@@ -1488,16 +1488,19 @@ def _local_options(args: argparse.Namespace, work_dir: Path) -> Any:
         mme_max_memory_mb=args.mme_max_memory_mb,
         model_overhead_mb=args.model_overhead_mb,
         job_workers=args.job_workers,
+        persist=True,
+        fresh=args.fresh,
     )
 
 
-def _render_outputs(outputs: dict[str, str], path: Path) -> None:
+def _render_outputs(outputs: dict[str, str], path: Path, state: Path) -> None:
     # print() not rich: values are copied (URLs, the key), so never folded mid-word
     print("citymodels local stack")
     width = max(map(len, outputs), default=0)
     for name, value in outputs.items():
         print(f"  {name:<{width}}  {value}")
     print(f"outputs written to {path}")
+    print(f"state kept in {state} across restarts (local up --fresh starts empty)")
     print(
         f"point any AWS client at it: export AWS_ENDPOINT_URL={outputs.get('AwsEndpointUrl', '')}"
     )
@@ -1518,7 +1521,7 @@ def _local_up(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(outputs)
         else:
-            _render_outputs(outputs, outputs_path)
+            _render_outputs(outputs, outputs_path, files.work_dir / "state")
             # print() not rich: paths and a command to copy, never folded mid-word
             print(f"running in the background (log: {files.log}); stop it with: {down}")
         return 0
@@ -1530,7 +1533,7 @@ def _local_up(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(outputs)
         else:
-            _render_outputs(outputs, outputs_path)
+            _render_outputs(outputs, outputs_path, files.work_dir / "state")
             _out().print("serving; Ctrl-C stops the stack")
 
     run_foreground(stack, files, on_ready=ready)
@@ -1564,7 +1567,12 @@ def _add_local_commands(commands: Any) -> None:
     up = local_commands.add_parser(
         "up",
         help="start the local stack (foreground; --detach for background)",
-        description="Start the local stack, print its outputs and write them as JSON.",
+        description=(
+            "Start the local stack, print its outputs and write them as JSON. The stack keeps "
+            "its state (S3 objects, the registry, API keys, queued events, jobs) in its work "
+            "directory and carries on from it on the next start, even after a crash; "
+            "--fresh starts empty."
+        ),
     )
     up.add_argument("--template", help="the SAM template (default: the repository's template.yaml)")
     up.add_argument(
@@ -1589,6 +1597,12 @@ def _add_local_commands(commands: Any) -> None:
         "--detach",
         action="store_true",
         help="run in the background; stop with `citymodels local down`",
+    )
+    up.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start empty: delete the state kept from earlier runs (S3 objects, the registry, "
+        "keys, queues, jobs); without it the stack carries on where it stopped",
     )
     up.add_argument(
         "--mme-max-models",
@@ -1625,7 +1639,10 @@ def _add_local_commands(commands: Any) -> None:
     down = local_commands.add_parser(
         "down",
         help="stop a local stack (the one writing .citymodels/outputs.json by default)",
-        description="Stop the local stack whose outputs are in --outputs-file.",
+        description=(
+            "Stop the local stack whose outputs are in --outputs-file. Its state is kept: "
+            "the next `local up` carries on from it (`local up --fresh` starts empty)."
+        ),
     )
     down.add_argument(
         "--outputs-file",
@@ -1644,6 +1661,9 @@ def _explain(err: BaseException) -> tuple[int, str] | None:
 
     local_run = sys.modules.get("citymodels_devkit.local.run")
     if local_run is not None and isinstance(err, local_run.LocalStackError):
+        return 1, str(err)
+    persistence = sys.modules.get("citymodels_devkit.local.persistence")
+    if persistence is not None and isinstance(err, persistence.StateUnreadable):
         return 1, str(err)
     if isinstance(err, CityModelsError):
         from citymodels_devkit.api_client import ApiCallFailed

@@ -156,6 +156,22 @@ def test_a_taken_aws_port_names_the_port_and_the_flag(project: Path, run: Any) -
     assert not StackFiles.of().pid.exists() and not StackFiles.of().outputs.exists()
 
 
+def test_kept_state_it_cannot_restore_is_one_line_saying_to_start_fresh(
+    project: Path, run: Any
+) -> None:
+    state = StackFiles.of().work_dir / "state"
+    state.mkdir(parents=True)
+    (state / "snapshot.pickle").write_bytes(b"not a snapshot")
+    code, _, err = run(
+        "local", "up", "--aws-port", "0", "--api-port", "0", "--template",
+        Path(__file__).parents[2] / "template.yaml",
+    )  # fmt: skip
+    assert code == 1
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert str(state) in err and "local up --fresh" in err
+    assert not StackFiles.of().pid.exists()
+
+
 def test_a_taken_api_port_names_the_api_flag(project: Path, run: Any) -> None:
     from citymodels_devkit.local.run import LocalStackError
 

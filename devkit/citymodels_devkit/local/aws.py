@@ -42,9 +42,12 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
+from pathlib import Path
 from typing import Any, Final, Protocol, cast
 
+from citymodels_devkit.local.persistence import DYNAMODB_READS, Restored, StateStore
 from citymodels_devkit.local.s3events import (
     DEFAULT_ACCOUNT_ID,
     DEFAULT_REGION,
@@ -175,7 +178,7 @@ class _MotoEnviron:
     the input is marked terminated.
     """
 
-    def __init__(self, app: WSGIApp) -> None:
+    def __init__(self, app: WSGIApp, store: StateStore | None = None) -> None:
         from moto.core.request import (
             PRESERVED_HEADER_NAMES_ENVIRON_KEY,
             environ_key_for_header,
@@ -183,6 +186,7 @@ class _MotoEnviron:
         )
 
         self.app = app
+        self.store = store
         # moto's DynamoDB updates items in place and checks conditions without a lock:
         # concurrent requests could read half-written items or both pass one
         # conditional write. DynamoDB is atomic per item, so its calls are serialised.
@@ -207,10 +211,88 @@ class _MotoEnviron:
                 environ[self._preserved_key] = names
         if "CONTENT_LENGTH" not in environ:
             environ["wsgi.input_terminated"] = True
-        if environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB_"):
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        if target.startswith("DynamoDB_"):
             with self._dynamodb:
-                return list(self.app(environ, start_response))
+                operation = target.partition(".")[2]
+                if self.store is None or operation in DYNAMODB_READS:
+                    return list(self.app(environ, start_response))
+                return self._journaled(self.store, environ, start_response, target)
         return self.app(environ, start_response)
+
+    def _journaled(
+        self, store: StateStore, environ: dict[str, Any], start_response: Any, target: str
+    ) -> list[bytes]:
+        """Serve a DynamoDB write; journal it, if it succeeded, before it is answered."""
+        import io
+
+        body = environ["wsgi.input"].read()
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        answered: list[tuple[str, Any, Any]] = []
+
+        def capture(line: str, headers: Any, exc_info: Any = None) -> Any:
+            # Held back until the store's lock is released: a2wsgi's start_response
+            # waits on the event loop, which may itself wait on that lock.
+            answered.append((line, headers, exc_info))
+            return lambda _data: None
+
+        headers = {
+            key[5:].replace("_", "-").title(): value
+            for key, value in environ.items()
+            if key.startswith("HTTP_") and key != "HTTP_CONTENT_LENGTH"
+        }
+        headers["Content-Type"] = environ.get("CONTENT_TYPE", "")
+        with store.lock:
+            chunks = list(self.app(environ, capture))
+            if answered and answered[0][0].startswith("2"):
+                store.journal_dynamodb(target.partition(".")[2], headers, body)
+        start_response(*answered[0])
+        return chunks
+
+
+class _PendingEvents:
+    """S3 writes acknowledged whose ``Object Created`` event is not yet on the bus.
+
+    A participant of the :class:`StateStore`: a write's event is journaled before the
+    write is answered, and marked sent once the bus has it, so an event lost with the
+    process (SIGKILL between the answer and the event) is sent after the restart.
+    """
+
+    name = "s3events"
+
+    def __init__(self) -> None:
+        self.pending: dict[str, dict[str, Any]] = {}
+        self.journal: Callable[[str, Any], None] | None = None
+        self._lock = threading.Lock()
+
+    def add(self, event_id: str, emit_arguments: dict[str, Any]) -> None:
+        with self._lock:
+            self.pending[event_id] = emit_arguments
+        if self.journal is not None:
+            self.journal(self.name, ("pending", event_id, emit_arguments))
+
+    def sent(self, event_id: str) -> None:
+        with self._lock:
+            self.pending.pop(event_id, None)
+        if self.journal is not None:
+            self.journal(self.name, ("sent", event_id, None))
+
+    def export_state(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return dict(self.pending)
+
+    def load_state(self, state: dict[str, dict[str, Any]]) -> None:
+        with self._lock:
+            self.pending = dict(state)
+
+    def replay(self, payload: tuple[str, str, Any]) -> None:
+        action, event_id, emit_arguments = payload
+        with self._lock:
+            if action == "pending":
+                self.pending[event_id] = emit_arguments
+            else:
+                self.pending.pop(event_id, None)
 
 
 class AwsApp:
@@ -223,6 +305,10 @@ class AwsApp:
     s3_events
         The ``Object Created`` emitter; :meth:`S3EventEmitter.enable` a bucket to
         get events for it.
+    store
+        Where the state is kept across restarts (None: it is not).
+    restored
+        What was restored when the app was built (None without a store).
     """
 
     def __init__(
@@ -235,14 +321,34 @@ class AwsApp:
         account_id: str = DEFAULT_ACCOUNT_ID,
         wsgi_workers: int = 16,
         invoke_threads: int = 16,
+        store: StateStore | None = None,
     ) -> None:
         from a2wsgi import WSGIMiddleware
 
         self.jobs = jobs
         self.s3_events = s3_events
         self.account_id = account_id
+        self.store = store
+        self.restored: Restored | None = None
+        self._pending = _PendingEvents()
+        if store is not None:
+            # Restore before anything is served: moto's state, the jobs (restarted by
+            # attach()), and the events of acknowledged writes never delivered.
+            for participant in (jobs, self._pending):
+                store.register(participant)
+                participant.journal = store.append
+            store.install()
+            try:
+                self.restored = store.restore(moto_app)
+            except BaseException:
+                store.close(snapshot=False)  # moto's backends as they were: unwrapped
+                raise
+            for event_id, arguments in list(self._pending.pending.items()):
+                self._emit_pending(event_id, arguments)
         # a2wsgi's precise ASGI/WSGI types; this module uses plain mappings.
-        self._moto: Any = WSGIMiddleware(cast(Any, _MotoEnviron(moto_app)), workers=wsgi_workers)
+        self._moto: Any = WSGIMiddleware(
+            cast(Any, _MotoEnviron(moto_app, store)), workers=wsgi_workers
+        )
         self._endpoints: dict[str, _Registered] = {}
         self._invoke_pool = ThreadPoolExecutor(invoke_threads, thread_name_prefix="invoke")
         self._control_pool = ThreadPoolExecutor(4, thread_name_prefix="aws-control")
@@ -272,8 +378,24 @@ class AwsApp:
         """Called once the server listens at ``url``: start the job workers."""
         self.jobs.start(url)
 
+    def checkpoint(self) -> None:
+        """Snapshot the state now and then on the store's schedule (no-op without a store).
+
+        The local stack calls it once started, so the snapshot holds its bucket, table,
+        queues and rules, which only snapshots keep.
+        """
+        if self.store is not None:
+            self.store.snapshot()
+            self.store.start_schedule()
+
     def close(self) -> None:
-        """Stop the job workers and the thread pools."""
+        """Snapshot the state (with a store), stop the job workers and the thread pools.
+
+        The snapshot comes first: jobs still running are kept as in progress and run
+        again on the next start, as after a crash.
+        """
+        if self.store is not None:
+            self.store.close()
         self.jobs.close()
         self._invoke_pool.shutdown(wait=False, cancel_futures=True)
         self._control_pool.shutdown(wait=False, cancel_futures=True)
@@ -441,27 +563,47 @@ class AwsApp:
                     write, response, request_body=form, request_content_type=content_type
                 )
                 if observed is not None:
-                    answer["write"], answer["stored"] = observed
-                    answer["headers"] = response
-                    answer["sequencer"] = self.s3_events.sequencer.next()
+                    client = scope.get("client") or ("127.0.0.1", 0)
+                    answer["id"] = uuid.uuid4().hex
+                    answer["arguments"] = {
+                        "write": observed[0],
+                        "response_headers": response,
+                        "source_ip": client[0],
+                        "stored": observed[1],
+                        "sequencer": self.s3_events.sequencer.next(),
+                        "time": datetime.now(UTC),
+                    }
+                    if self.store is not None:  # journaled before the client has its answer
+                        await asyncio.get_running_loop().run_in_executor(
+                            self._control_pool,
+                            self._pending.add,
+                            answer["id"],
+                            answer["arguments"],
+                        )
             await send(message)
 
         await self._moto(scope, receive, capture)
-        if "stored" not in answer:
+        if "arguments" not in answer:
             return
-        client = scope.get("client") or ("127.0.0.1", 0)
-        emit = partial(
-            self.s3_events.emit,
-            answer["write"],
-            answer["headers"],
-            source_ip=client[0],
-            stored=answer["stored"],
-            sequencer=answer["sequencer"],
-        )
+        emit = partial(self._emit_pending, answer["id"], answer["arguments"])
+        await asyncio.get_running_loop().run_in_executor(self._control_pool, emit)
+
+    def _emit_pending(self, event_id: str, arguments: dict[str, Any]) -> None:
+        write = arguments["write"]
         try:
-            await asyncio.get_running_loop().run_in_executor(self._control_pool, emit)
+            self.s3_events.emit(
+                write,
+                arguments["response_headers"],
+                source_ip=arguments["source_ip"],
+                stored=arguments["stored"],
+                sequencer=arguments["sequencer"],
+                when=arguments.get("time"),
+            )
         except Exception:  # the write succeeded; a lost event is logged, not raised
             logger.exception("could not emit the Object Created event of %s", write)
+            return
+        if self.store is not None:
+            self._pending.sent(event_id)
 
 
 def build_aws_app(
@@ -476,6 +618,9 @@ def build_aws_app(
     region: str = DEFAULT_REGION,
     wsgi_workers: int = 16,
     invoke_threads: int = 16,
+    state_dir: Path | None = None,
+    fresh: bool = False,
+    snapshot_interval: float = 600.0,
 ) -> AwsApp:
     """Build the local stack's AWS endpoint application.
 
@@ -498,6 +643,14 @@ def build_aws_app(
         Threads serving moto.
     invoke_threads
         Threads for invocations that may block (cold models).
+    state_dir
+        Keep the state (moto's S3, DynamoDB, SQS and EventBridge, the jobs, undelivered
+        S3 events) in this directory across restarts, and restore what is there now
+        (:class:`~.persistence.StateStore`). None: the state lives in memory only.
+    fresh
+        Delete what ``state_dir`` holds first.
+    snapshot_interval
+        Seconds between scheduled snapshots (once :meth:`AwsApp.checkpoint` is called).
 
     Returns
     -------
@@ -519,6 +672,16 @@ def build_aws_app(
             region=region,
         )
     emitter = S3EventEmitter(bus, event_buckets, account_id=account_id, region=region)
+    store = None
+    if state_dir is not None:
+        if fresh:
+            StateStore.wipe(state_dir)
+        store = StateStore(
+            state_dir,
+            account_id=account_id,
+            region=region,
+            snapshot_interval=snapshot_interval,
+        )
     return AwsApp(
         moto_app=DomainDispatcherApplication(create_backend_app),
         jobs=jobs,
@@ -527,6 +690,7 @@ def build_aws_app(
         account_id=account_id,
         wsgi_workers=wsgi_workers,
         invoke_threads=invoke_threads,
+        store=store,
     )
 
 

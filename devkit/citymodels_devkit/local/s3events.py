@@ -543,6 +543,7 @@ class S3EventEmitter:
         sequencer: str | None = None,
         request_body: bytes | None = None,
         request_content_type: str = "",
+        when: datetime | None = None,
     ) -> dict[str, Any] | None:
         """Send the event of a write that moto answered with 2xx.
 
@@ -562,6 +563,10 @@ class S3EventEmitter:
             a fresh one if None.
         request_body, request_content_type
             The form of a ``POST Object`` upload (when ``stored`` is None).
+        when
+            When the write was answered; now if None. An event sent again after a
+            restart keeps its time, so the run it names (minted from the time and the
+            sequencer) is the same.
 
         Returns
         -------
@@ -583,7 +588,7 @@ class S3EventEmitter:
             return None
         version_id = response_headers.get("x-amz-version-id") or stored.version_id
         etag = (response_headers.get("etag") or "").strip('"') or stored.etag
-        now = datetime.now(UTC)
+        now = when or datetime.now(UTC)
         event = object_created_event(
             bucket=write.bucket,
             key=write.key,

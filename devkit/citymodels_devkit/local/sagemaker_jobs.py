@@ -1092,9 +1092,38 @@ class _Job:
     future: Future[_WorkerResult] | None = None
     pool: ProcessPoolExecutor | None = None
     job_dir: Path | None = None
+    revision: int = 0
 
     def active(self) -> bool:
         return self.status in (IN_PROGRESS, STOPPING)
+
+    def state(self) -> dict[str, Any]:
+        """What a snapshot or the journal keeps of the job (not its worker)."""
+        return {name: getattr(self, name) for name in _KEPT_FIELDS} | {
+            "transitions": [dict(t) for t in self.transitions]
+        }
+
+
+_KEPT_FIELDS: Final = (
+    "kind",
+    "name",
+    "arn",
+    "request",
+    "created",
+    "log_path",
+    "status",
+    "secondary",
+    "started",
+    "ended",
+    "modified",
+    "failure_reason",
+    "exit_message",
+    "model_artifacts",
+    "final_metrics",
+    "revision",
+)
+
+RESTARTED_MESSAGE: Final = "Restarting: the local stack stopped while the job ran"
 
 
 _PREFIX = {PROCESSING: "Processing", TRAINING: "Training"}
@@ -1168,6 +1197,7 @@ class JobService:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._pool: ProcessPoolExecutor | None = None
+        self.journal: Callable[[str, Any], None] | None = None
 
     # -- lifecycle
 
@@ -1186,8 +1216,11 @@ class JobService:
             if self._pool is not None:
                 self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = self._new_pool()
+            orphans = [j for j in self._jobs.values() if j.active() and j.future is None]
         if warm:
             self._warm(self._pool)
+        for job in orphans:
+            self._resume(job)
 
     def _warm(self, pool: ProcessPoolExecutor) -> None:
         # Each submit finds no idle worker and starts one: all start importing now.
@@ -1306,6 +1339,8 @@ class JobService:
             )
             self._jobs[(kind, name)] = job
             event = self._event(job)
+            kept = job.state()
+        self._record(kept)
         self._put(event)
         self._submit(job, image)
         return {f"{prefix}JobArn": arn}
@@ -1331,10 +1366,13 @@ class JobService:
                 return
             cancelled = job.future is not None and job.future.cancel()
             job.status, job.secondary, job.modified = STOPPING, "Stopping", time.time()
+            job.revision += 1
             if job.job_dir is not None:
                 job.job_dir.mkdir(parents=True, exist_ok=True)
                 (job.job_dir / "stop").touch()
             event = self._event(job)
+            kept = job.state()
+        self._record(kept)
         self._put(event)
         if cancelled:
             self._finish(job, _WorkerResult(status=STOPPED, phases=[(STOPPED, time.time())]))
@@ -1411,6 +1449,65 @@ class JobService:
     def arn(self, kind: str, name: str) -> str:
         """The ARN of job ``name``."""
         return f"arn:aws:sagemaker:{self.region}:{self.account_id}:{kind}-job/{name}"
+
+    # -- persistence (a participant of :class:`~.persistence.StateStore`)
+
+    name = "jobs"
+
+    def export_state(self) -> Sequence[dict[str, Any]]:
+        """Every job as a snapshot keeps it."""
+        with self._lock:
+            return [job.state() for job in self._jobs.values()]
+
+    def load_state(self, state: Sequence[dict[str, Any]]) -> None:
+        """Replace the jobs with those of a snapshot (before :meth:`start`)."""
+        with self._lock:
+            self._jobs = {}
+            for kept in state:
+                self.replay(kept)
+
+    def replay(self, payload: dict[str, Any]) -> None:
+        """Apply a journaled job state (a later revision wins)."""
+        with self._lock:
+            key = (payload["kind"], payload["name"])
+            known = self._jobs.get(key)
+            if known is not None and known.revision > payload["revision"]:
+                return
+            self._jobs[key] = _Job(**payload)
+
+    def _record(self, kept: dict[str, Any]) -> None:
+        # Called without this service's lock: the store takes its own inside, and a
+        # snapshot (holding the store's lock) reads the jobs under this one.
+        if self.journal is not None:
+            self.journal(self.name, kept)
+
+    def _resume(self, job: _Job) -> None:
+        """Run again a job that was in progress when the stack stopped (restored).
+
+        SageMaker never loses a running job; the local stack's workers die with it, so
+        the job starts over (its transitions say so), or ends Stopped if a stop was
+        asked. Either way its state-change event follows, and the run moves on.
+        """
+        if job.status == STOPPING:
+            self._finish(job, _WorkerResult(status=STOPPED, phases=[(STOPPED, time.time())]))
+            return
+        now = time.time()
+        with self._lock:
+            job.transitions[-1].setdefault("EndTime", now)
+            job.transitions.append(
+                {"Status": "Starting", "StartTime": now, "StatusMessage": RESTARTED_MESSAGE}
+            )
+            job.secondary, job.modified = "Starting", now
+            job.log_path = self.work_dir / "logs" / job.kind / f"{job.name}.log"
+            job.revision += 1
+            kept = job.state()
+        self._record(kept)
+        try:
+            image = self._image(job.kind, job.request)
+        except SageMakerError as error:  # it was accepted once; cannot happen
+            self._finish(job, _crashed(error))
+            return
+        self._submit(job, image)
 
     # -- running
 
@@ -1521,9 +1618,12 @@ class JobService:
             if status == COMPLETED:
                 job.model_artifacts = result.model_artifacts
                 job.final_metrics = result.final_metrics
+            job.revision += 1
             event = self._event(job)
             job.future = job.pool = None
             self._changed.notify_all()
+            kept = job.state()
+        self._record(kept)
         self._put(event)
         if job.job_dir is not None and not self.keep_job_dirs:
             shutil.rmtree(job.job_dir, ignore_errors=True)

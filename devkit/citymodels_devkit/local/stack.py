@@ -41,6 +41,7 @@ from citymodels_devkit.local.apigw import ApiGateway
 from citymodels_devkit.local.aws import LocalAwsServer, build_aws_app
 from citymodels_devkit.local.lambdas import EventRouter, FunctionHost
 from citymodels_devkit.local.mme import ModelArtifactMissing, MultiModelEndpoint
+from citymodels_devkit.local.persistence import Restored
 from citymodels_devkit.local.template import ACCOUNT_ID, REGION, ResolvedTemplate, resolve_template
 from citymodels_devkit.paths import REPO_ROOT
 from citymodels_devkit.stack import PARAMETER_OUTPUTS
@@ -116,6 +117,15 @@ class LocalOptions:
     schedule_period_seconds
         Run the template's schedules (the reconciler) this often instead of at their
         rate (None: the template's rate; tests set a short one).
+    persist
+        Keep the state (S3 objects, the registry, keys, queues, jobs) in
+        ``work_dir/state`` and restore it on the next start (``local up`` does; the
+        in-process test stack and the demo start empty).
+    fresh
+        With ``persist``: delete the kept state first and start empty.
+    snapshot_interval_seconds
+        With ``persist``: how often a snapshot is taken while changes come in (the
+        journal keeps every change in between; a snapshot is also taken on stop).
     """
 
     stack_name: str = "citymodels-local"
@@ -135,6 +145,14 @@ class LocalOptions:
     function_concurrency: int = 4
     metrics_period_seconds: float = 1.0
     schedule_period_seconds: float | None = None
+    persist: bool = False
+    fresh: bool = False
+    snapshot_interval_seconds: float = 600.0
+
+    @property
+    def state_dir(self) -> Path:
+        """Where the kept state lives (with ``persist``)."""
+        return self.work_dir / "state"
 
 
 class LocalStack:
@@ -162,6 +180,7 @@ class LocalStack:
         self._saved_env: dict[str, str | None] = {}
         self._stop = threading.Event()
         self._metrics_thread: threading.Thread | None = None
+        self.restored: Restored | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -194,7 +213,18 @@ class LocalStack:
                 event_buckets=event_buckets,
                 max_job_workers=opts.job_workers,
                 wsgi_workers=pollers + 32,
+                state_dir=opts.state_dir if opts.persist else None,
+                fresh=opts.fresh,
+                snapshot_interval=opts.snapshot_interval_seconds,
             )
+            self.restored = app.restored
+            if app.restored is not None and not app.restored.empty:
+                log.info(
+                    "restored the state of %s in %.2f s (%d journal records)",
+                    opts.state_dir,
+                    app.restored.seconds,
+                    app.restored.records,
+                )
             self._aws_server = _listen(app, opts.host, opts.aws_port, "aws")
             aws_url = self._aws_server.url
             self._set_env({"AWS_ENDPOINT_URL": aws_url})
@@ -239,6 +269,7 @@ class LocalStack:
             )
             self._metrics_thread.start()
             self.outputs = self._outputs(stack, clients)
+            app.checkpoint()
             return self.outputs
         except BaseException:
             self.stop()
@@ -280,13 +311,19 @@ class LocalStack:
             os.environ[name] = value
 
     def _create_resources(self, stack: ResolvedTemplate, clients: _Clients) -> None:
+        # A restored stack has them already: creating is skipped, not repeated.
+        buckets = {b["Name"] for b in clients.s3.list_buckets().get("Buckets", [])}
+        tables = set(clients.dynamodb.list_tables().get("TableNames", []))
         for spec in stack.buckets.values():
-            clients.s3.create_bucket(Bucket=spec["name"])
+            if spec["name"] not in buckets:
+                clients.s3.create_bucket(Bucket=spec["name"])
             if (spec.get("VersioningConfiguration") or {}).get("Status") == "Enabled":
                 clients.s3.put_bucket_versioning(
                     Bucket=spec["name"], VersioningConfiguration={"Status": "Enabled"}
                 )
         for spec in stack.tables.values():
+            if spec["name"] in tables:
+                continue
             indexes = spec.get("GlobalSecondaryIndexes")
             clients.dynamodb.create_table(
                 TableName=spec["name"],
@@ -373,9 +410,14 @@ class LocalStack:
         registry_table = stack.outputs.get("RegistryTable", "")
         from citymodels.registry import Registry
 
-        secret, _ = Registry(registry_table, client=clients.dynamodb).create_key(
-            ["*"], admin=True, description="local stack admin key"
-        )
+        registry = Registry(registry_table, client=clients.dynamodb)
+        secret = self._kept_admin_key(registry)
+        if secret is None:
+            secret, _ = registry.create_key(["*"], admin=True, description="local stack admin key")
+            if self.options.persist:
+                path = self.options.state_dir / "admin-key"
+                path.write_text(secret + "\n", encoding="utf-8")
+                path.chmod(0o600)
         assert self._api_server is not None and self._aws_server is not None
         outputs = dict(stack.outputs)
         outputs["ApiUrl"] = f"{self._api_server.url}/{stack.api_stage}/"
@@ -387,6 +429,16 @@ class LocalStack:
             if name in stack.parameters:
                 outputs.setdefault(name, str(stack.parameters[name]))
         return outputs
+
+    def _kept_admin_key(self, registry: Any) -> str | None:
+        """The admin key of a restored stack, if the registry still honours it."""
+        if not self.options.persist:
+            return None
+        try:
+            secret = (self.options.state_dir / "admin-key").read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        return secret if registry.key_for_secret(secret) is not None else None
 
     # -- helpers for tests, the demo and benchmarks -----------------------------------
 
