@@ -141,9 +141,13 @@ def test_a_query_reads_its_partition_only_and_answers_as_moto_does(
         return answers
 
     as_moto = ask()
-    monkeypatch.setattr(Table, "query", dynamodb.partition_query(Table.query))
     read: list[int] = []
     all_items = Table.all_items
-    monkeypatch.setattr(Table, "all_items", lambda self: read.append(1) or all_items(self))
+    monkeypatch.setattr(Table, "query", dynamodb.partition_query(Table.query))
+    monkeypatch.setattr(
+        Table,
+        "all_items",
+        dynamodb.partition_items(lambda self: read.append(1) or all_items(self)),
+    )
     assert ask() == as_moto
     assert read == []  # the whole table was never listed

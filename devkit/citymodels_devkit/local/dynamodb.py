@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from typing import Any
 
 _INSTALLED = False
@@ -169,15 +170,32 @@ def partition_query(query: Any) -> Any:
             ]
             matching.sort(key=lambda i: i.range_key.value, reverse=forward is False)
             items = matching[: int(limit) + 1]  # one more: moto then says there are more
-        # moto picks the partition's items out of all_items(): hand it only these (the
-        # stack serialises DynamoDB requests, so no other request sees the override)
-        table.all_items = lambda: items
+        # moto picks the partition's items out of all_items(): hand it only these, in
+        # this thread and for this table only (nothing is set on the table itself, which
+        # a snapshot of the state may be pickling meanwhile)
+        _QUERYING.table, _QUERYING.items = table, items
         try:
             return query(table, hash_key, *args, **kwargs)
         finally:
-            del table.all_items
+            _QUERYING.table = _QUERYING.items = None
 
     return query_partition
+
+
+_QUERYING = threading.local()
+"""The table a query of this thread is reading, and the items it may consider."""
+
+
+def partition_items(all_items: Any) -> Any:
+    """Wrap moto's ``Table.all_items``: during a :func:`partition_query`, the partition's
+    items it chose; otherwise every item, as moto lists them."""
+
+    def items(table: Any) -> Any:
+        if getattr(_QUERYING, "table", None) is table:
+            return _QUERYING.items
+        return all_items(table)
+
+    return items
 
 
 def install() -> None:
@@ -191,4 +209,5 @@ def install() -> None:
 
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign,assignment]
     Table.query = partition_query(Table.query)  # type: ignore[method-assign]
+    Table.all_items = partition_items(Table.all_items)  # type: ignore[method-assign]
     _INSTALLED = True
