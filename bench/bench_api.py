@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import claim_stdout, local_options, machine, percentiles, run_client
+from common import claim_stdout, emit, local_options, machine, percentiles, run_client
 
 HOUSE = {
     "YEAR_BUILT": 1995, "SQUARE_FEET": 2500, "NUM_BEDROOMS": 3, "NUM_BATHROOMS": 2.5,
@@ -296,10 +296,7 @@ def main() -> int:
             "endpoint_answer": measured["answers"]["endpoint"],
         },
     }
-    json.dump(result, out, indent=2)
-    out.write("\n")
-    out.flush()
-    return 0
+    return emit(result, out)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,13 @@ Reports p50 / p90 / p99 in milliseconds. Target: a page of 100 in ≤ 50 ms p50 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from common import claim_stdout, local_options, machine, percentiles, run_client
+from common import claim_stdout, emit, local_options, machine, percentiles, run_client
 
 TARGET_P50_MS = 50.0
 PAGE = 100
@@ -131,10 +130,7 @@ def main() -> int:
         "target_p50_ms": TARGET_P50_MS,
         "met": page_ms["p50"] <= TARGET_P50_MS,
     }
-    json.dump(result, out, indent=2)
-    out.write("\n")
-    out.flush()
-    return 0
+    return emit(result, out)
 
 
 if __name__ == "__main__":

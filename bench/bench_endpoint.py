@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import claim_stdout, local_options, machine, percentiles, run_client
+from common import claim_stdout, emit, local_options, machine, percentiles, run_client
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOUSE = {
@@ -453,10 +453,7 @@ def main() -> int:
         result["mlserver_unavailable"] = reason or "no peer measurements"
         result["ratio_requests_per_s"] = None
     result["sanity"] = sanity
-    json.dump(result, out, indent=2)
-    out.write("\n")
-    out.flush()
-    return 0
+    return emit(result, out)
 
 
 if __name__ == "__main__":

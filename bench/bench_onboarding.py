@@ -65,7 +65,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from common import claim_stdout, local_options, machine
+from common import claim_stdout, emit, local_options, machine
 
 TARGET_S = 20.0
 
@@ -508,10 +508,7 @@ def main() -> int:
         }
         result["baseline_by_caller"] = before
         result["change_by_caller"] = change_by_caller(before, aws_requests["by_caller"])
-    json.dump(result, out, indent=2)
-    out.write("\n")
-    out.flush()
-    return 0
+    return emit(result, out)
 
 
 if __name__ == "__main__":

@@ -29,12 +29,10 @@ from moto import mock_aws
 from citymodels.registry import (
     IN_PROGRESS,
     PROCESSING,
-    TABLE_KEY_SCHEMA,
     WATCHED_INDEX,
-    WATCHED_INDEX_KEY_SCHEMA,
-    WATCHED_INDEX_PROJECTION,
     Registry,
     Run,
+    table_definition,
 )
 from citymodels.versions import mint_version
 
@@ -42,20 +40,7 @@ TABLE = "bench-registry"
 
 
 def create_table(dynamodb: Any) -> None:
-    keys = [a["AttributeName"] for a in (*TABLE_KEY_SCHEMA, *WATCHED_INDEX_KEY_SCHEMA)]
-    dynamodb.create_table(
-        TableName=TABLE,
-        KeySchema=list(TABLE_KEY_SCHEMA),
-        AttributeDefinitions=[{"AttributeName": key, "AttributeType": "S"} for key in keys],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": WATCHED_INDEX,
-                "KeySchema": list(WATCHED_INDEX_KEY_SCHEMA),
-                "Projection": WATCHED_INDEX_PROJECTION,
-            }
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    dynamodb.create_table(TableName=TABLE, **table_definition())
 
 
 def fill(dynamodb: Any, registry: Registry, cities: int, stuck: int) -> None:

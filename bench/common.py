@@ -7,6 +7,7 @@ and they import this module as ``common``.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import platform
@@ -54,6 +55,15 @@ def claim_stdout() -> TextIO:
     result = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
     return result
+
+
+def emit(result: dict[str, Any], out: TextIO) -> int:
+    """Print a benchmark's one JSON object on ``out`` (from :func:`claim_stdout`);
+    return the exit status 0."""
+    json.dump(result, out, indent=2)
+    out.write("\n")
+    out.flush()
+    return 0
 
 
 def percentiles(samples_ns: list[int], scale: float) -> dict[str, float] | None:

@@ -23,13 +23,7 @@ from botocore.response import StreamingBody
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from citymodels.registry import (
-    TABLE_KEY_SCHEMA,
-    WATCHED_INDEX,
-    WATCHED_INDEX_KEY_SCHEMA,
-    WATCHED_INDEX_PROJECTION,
-    Registry,
-)
+from citymodels.registry import Registry, table_definition
 
 REGION = "us-east-1"
 STACK = "cmtest"
@@ -72,20 +66,7 @@ def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def create_registry_table(dynamodb: Any, name: str = TABLE) -> None:
     """Create the registry table with the key schema and the index the code defines."""
-    keys = [a["AttributeName"] for a in (*TABLE_KEY_SCHEMA, *WATCHED_INDEX_KEY_SCHEMA)]
-    dynamodb.create_table(
-        TableName=name,
-        KeySchema=list(TABLE_KEY_SCHEMA),
-        AttributeDefinitions=[{"AttributeName": key, "AttributeType": "S"} for key in keys],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": WATCHED_INDEX,
-                "KeySchema": list(WATCHED_INDEX_KEY_SCHEMA),
-                "Projection": WATCHED_INDEX_PROJECTION,
-            }
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    dynamodb.create_table(TableName=name, **table_definition())
 
 
 @pytest.fixture

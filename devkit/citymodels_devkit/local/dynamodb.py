@@ -85,30 +85,18 @@ def transact_write_items(backend: Any, transact_items: list[dict[str, Any]]) -> 
                 if op.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD" and current:
                     original = current.to_json()["Attributes"]
                 raise ConditionalCheckFailed(item=original)
+            expression = {
+                "condition_expression": condition,
+                "expression_attribute_names": names,
+                "expression_attribute_values": values,
+            }
             if op_type == "Put":
-                backend.put_item(
-                    table_name,
-                    op["Item"],
-                    condition_expression=condition,
-                    expression_attribute_names=names,
-                    expression_attribute_values=values,
-                )
+                backend.put_item(table_name, op["Item"], **expression)
             elif op_type == "Delete":
-                backend.delete_item(
-                    table_name,
-                    key,
-                    condition_expression=condition,
-                    expression_attribute_names=names,
-                    expression_attribute_values=values,
-                )
+                backend.delete_item(table_name, key, **expression)
             elif op_type == "Update":
                 backend.update_item(
-                    table_name,
-                    key,
-                    update_expression=op["UpdateExpression"],
-                    condition_expression=condition,
-                    expression_attribute_names=names,
-                    expression_attribute_values=values,
+                    table_name, key, update_expression=op["UpdateExpression"], **expression
                 )
             errors.append((None, None, None))
         except (MultipleTransactionsException, MockValidationException):
@@ -142,6 +130,7 @@ def partition_query(query: Any) -> Any:
     sort-key condition with a ``Limit`` (no filter, no start key), only the first
     ``Limit`` + 1 matching items in the query's order: what a page of 100 cities reads
     out of 10,000."""
+    from moto.dynamodb.comparisons import OpDefault  # what "no FilterExpression" parses to
 
     def query_partition(table: Any, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
         # moto's call: (hash_key, range_comparison, range_values, limit,
@@ -151,8 +140,6 @@ def partition_query(query: Any) -> Any:
             return query(table, hash_key, *args, **kwargs)
         items = list(table.items.get(hash_key, {}).values())  # .get: a defaultdict
         comparison, operands, limit, start, forward = (list(args[:5]) + [None] * 5)[:5]
-        from moto.dynamodb.comparisons import OpDefault  # what "no FilterExpression" parses to
-
         filtered = (len(args) > 8 and not isinstance(args[8], (OpDefault, type(None)))) or any(
             key not in ("hash_key_conditions", "range_key_conditions") for key in kwargs
         )

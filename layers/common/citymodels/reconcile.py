@@ -299,14 +299,7 @@ class Reconciler:
         )
         if age > self.settings.fail_after_seconds:
             reason = f"stuck in {watched.status} for {age / 3600:.1f} h: {why}"
-            updated = self.pipeline.registry.update_run(
-                watched.city,
-                watched.run,
-                expected_status=[watched.status],
-                status=FAILED,
-                reason=reason[:MAX_REASON_CHARS],
-            )
-            if updated is not None:
+            if self._mark_failed(watched.city, watched.run, watched.status, reason):
                 outcome = Outcome(
                     Action.FAILED, reason, city=watched.city, run=watched.run, status=FAILED
                 ).count("StuckRunFailed")
@@ -374,15 +367,15 @@ class Reconciler:
             details={"age_seconds": round(age)},
         ).count("StuckRuns")
 
-    def _fail(self, record: Run, reason: str, job_name: str) -> Outcome:
+    def _mark_failed(self, city: str, run: str, status: str, reason: str) -> bool:
+        """FAILED with ``reason`` if the run is still ``status``; whether it was."""
         updated = self.pipeline.registry.update_run(
-            record.city,
-            record.run,
-            expected_status=[record.status],
-            status=FAILED,
-            reason=reason[:MAX_REASON_CHARS],
+            city, run, expected_status=[status], status=FAILED, reason=reason[:MAX_REASON_CHARS]
         )
-        if updated is None:
+        return updated is not None
+
+    def _fail(self, record: Run, reason: str, job_name: str) -> Outcome:
+        if not self._mark_failed(record.city, record.run, record.status, reason):
             current = self.pipeline.registry.get_run(record.city, record.run)
             return Outcome.of_run(Action.STALE, f"the run is {current.status} now", current)
         return (

@@ -90,6 +90,25 @@ WATCHED_INDEX_PROJECTION = {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["c
 """What the index holds of a run: enough to find it (the run itself is read consistently)."""
 
 
+def table_definition() -> dict[str, Any]:
+    """``CreateTable``'s parameters (all but ``TableName``) for a table this code can
+    use: the key schema and the watched-runs index as defined here (``template.yaml``
+    declares the same; a test keeps the two equal). For tests and benchmarks on moto."""
+    keys = [a["AttributeName"] for a in (*TABLE_KEY_SCHEMA, *WATCHED_INDEX_KEY_SCHEMA)]
+    return {
+        "KeySchema": list(TABLE_KEY_SCHEMA),
+        "AttributeDefinitions": [{"AttributeName": key, "AttributeType": "S"} for key in keys],
+        "GlobalSecondaryIndexes": [
+            {
+                "IndexName": WATCHED_INDEX,
+                "KeySchema": list(WATCHED_INDEX_KEY_SCHEMA),
+                "Projection": WATCHED_INDEX_PROJECTION,
+            }
+        ],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+
+
 def watched_attributes(status: str, now: str) -> tuple[dict[str, str], tuple[str, ...]]:
     """Return the index attributes of a run whose status becomes ``status`` at ``now``.
 
@@ -418,25 +437,10 @@ class Registry:
         return request
 
     def _update(
-        self,
-        pk: str,
-        sk: str,
-        values: Mapping[str, Any],
-        *,
-        condition: str | None = None,
-        condition_values: Mapping[str, Any] | None = None,
-        condition_names: Mapping[str, str] | None = None,
-        remove: Sequence[str] = (),
+        self, pk: str, sk: str, values: Mapping[str, Any], **options: Any
     ) -> dict[str, Any]:
-        request = self._update_request(
-            pk,
-            sk,
-            values,
-            condition=condition,
-            condition_values=condition_values,
-            condition_names=condition_names,
-            remove=remove,
-        )
+        """Make the update :meth:`_update_request` describes; return the item as written."""
+        request = self._update_request(pk, sk, values, **options)
         answer = self._client.update_item(**request, ReturnValues="ALL_NEW")
         return self._plain(answer.get("Attributes", {}))
 
