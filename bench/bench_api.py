@@ -110,8 +110,8 @@ class Breakdown:
     handler, response), ``authorize``: the authorizer step (a cache hit when warm),
     ``function``: the predict function's execution (``FunctionHost.invoke``),
     ``invoke_endpoint``: the predict function's ``EndpointClient.invoke_csv`` (boto3),
-    ``endpoint_server``: the AWS endpoint's side of that InvokeEndpoint (from the request
-    reaching its ASGI app to the response sent). Differences between nested steps are
+    ``endpoint_server``: the endpoint process's side of every InvokeEndpoint (from the
+    request reaching its ASGI app to the response sent; timed in that process). Differences between nested steps are
     what lies between them: thread hand-offs, botocore, HTTP.
     """
 
@@ -125,7 +125,7 @@ class Breakdown:
 
     def install(self) -> None:
         from citymodels.endpoint import EndpointClient
-        from citymodels_devkit.local import apigw, aws, lambdas
+        from citymodels_devkit.local import apigw, lambdas
 
         breakdown = self
 
@@ -157,8 +157,6 @@ class Breakdown:
         EndpointClient.invoke_csv = timed(  # type: ignore[method-assign]
             "invoke_endpoint", EndpointClient.invoke_csv
         )
-        app = aws.AwsApp
-        app._invocation = timed_async("endpoint_server", app._invocation)  # type: ignore[method-assign]
 
     def report(self) -> dict[str, Any]:
         medians = {
@@ -253,8 +251,7 @@ def main() -> int:
                     "body": json.dumps({"instances": [HOUSE]}).encode(),
                 },
                 "endpoint": {
-                    "url": f"{outputs['AwsEndpointUrl']}/endpoints/"
-                    f"{outputs['EndpointName']}/invocations",
+                    "url": f"{stack.endpoint_url}/endpoints/{outputs['EndpointName']}/invocations",
                     "target": f"{city}/{version}.tar.gz",
                     "body": CSV_ROW,
                 },
@@ -264,7 +261,12 @@ def main() -> int:
             }
             if breakdown is not None:
                 breakdown.enabled = True
+                stack.invocation_timings(start=True)
             measured = run_client(measure, spec, timeout=1800)
+            if breakdown is not None:
+                breakdown.samples["endpoint_server"] = [
+                    ns / 1e9 for ns in stack.invocation_timings()
+                ]
         finally:
             stack.stop()
 

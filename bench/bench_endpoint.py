@@ -7,7 +7,8 @@ into ``mme/{city}/{version}.tar.gz`` as the publish function does. The client is
 with ONE persistent connection, sequential, in a process of its own (as any user of
 the endpoint is), sending unsigned raw HTTP:
 
-- ours: ``POST {AwsEndpointUrl}/endpoints/{EndpointName}/invocations`` with
+- ours: ``POST /endpoints/{EndpointName}/invocations`` on the endpoint's own process
+  (where the functions send it; ``AwsEndpointUrl`` forwards the same request there) with
   ``X-Amzn-SageMaker-Target-Model: {city}/{version}.tar.gz``, ``Content-Type: text/csv``
   and one raw row (the inference pipeline: preprocessor, then the city's model);
 - the peer: MLServer serving the SAME models as scikit-learn ``LinearRegression`` fitted
@@ -209,32 +210,6 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-class ServerClock:
-    """Times each InvokeEndpoint inside the stack process: from the request reaching the
-    AWS endpoint's ASGI app to its response sent (wraps ``AwsApp._invocation``; the
-    code is unchanged). Client-observed minus this is the client and the loopback."""
-
-    def __init__(self) -> None:
-        self.samples: list[int] = []
-        self.enabled = False
-
-    def install(self) -> None:
-        from citymodels_devkit.local import aws
-
-        original = aws.AwsApp._invocation
-        clock = self
-
-        async def timed(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter_ns()
-            try:
-                return await original(*args, **kwargs)
-            finally:
-                if clock.enabled:
-                    clock.samples.append(time.perf_counter_ns() - started)
-
-        aws.AwsApp._invocation = timed  # type: ignore[method-assign]
-
-
 def model_load_metrics(url: str, endpoint: str, since: float) -> dict[str, Any]:
     """The endpoint's own MME metrics for the cold calls, from CloudWatch (mean, max ms).
 
@@ -308,8 +283,6 @@ def main() -> int:
 
     from citymodels_devkit.local.stack import LocalStack
 
-    server_clock = ServerClock()
-    server_clock.install()
     started_at = machine()
     began = time.perf_counter()
     models = make_models(args.models, args.rows, seed=31)
@@ -359,7 +332,7 @@ def main() -> int:
             stack.wait_idle(timeout=60)
             spec: dict[str, Any] = {
                 "ours": {
-                    "url": f"{url}/endpoints/{outputs['EndpointName']}/invocations",
+                    "url": f"{stack.endpoint_url}/endpoints/{outputs['EndpointName']}/invocations",
                     "targets": targets,
                     "body": CSV_ROW,
                 },
@@ -385,10 +358,10 @@ def main() -> int:
                     "payload": json.dumps(tensor).encode(),
                 }
             since = time.time() - 1
-            server_clock.enabled = True
+            stack.invocation_timings(start=True)
             measured = run_client(measure, spec, timeout=1800)
-            server_clock.enabled = False
-            stats = stack.endpoint.stats() if stack.endpoint is not None else None
+            server_samples = stack.invocation_timings()
+            stats = stack.endpoint_stats()
             load_metrics = model_load_metrics(url, outputs["EndpointName"], since)
         finally:
             stack.stop()
@@ -400,7 +373,7 @@ def main() -> int:
     ours_cold = percentiles(measured["ours_cold_ns"], 1e6)
     ours_warm = percentiles(warm_ours, 1e3)
     # The client is sequential: the last len(warm_ours) invocations are the timed warm ones.
-    server_warm = percentiles(server_clock.samples[-len(warm_ours) :], 1e3)
+    server_warm = percentiles(server_samples[-len(warm_ours) :], 1e3)
     ours_price = measured["ours_first_answer"]["predictions"][0]["score"]
     result["ours"] = {
         "request": "POST /endpoints/{EndpointName}/invocations, text/csv, one raw row, "

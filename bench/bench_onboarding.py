@@ -141,8 +141,8 @@ class RequestTrace:
     @staticmethod
     def caller(name: str, user_agent: bytes) -> str:
         """Who made a request: ``application``, ``platform``, ``local`` or ``bench``."""
+        from citymodels_devkit.local.processes import LOCAL_STACK_AGENT
         from citymodels_devkit.local.sagemaker_jobs import JOBS_AGENT
-        from citymodels_devkit.local.stack import LOCAL_STACK_AGENT
 
         if b"cm-bench-client" in user_agent:
             return "bench"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,9 @@ def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
         "AWS_REGION": REGION,
     }.items():
         monkeypatch.setenv(name, value)
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
+    # Every endpoint variable, the per-service ones included (a running local stack
+    # sets AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME for its functions).
+    for name in ["AWS_PROFILE", *(n for n in os.environ if n.startswith("AWS_ENDPOINT_URL"))]:
         monkeypatch.delenv(name, raising=False)
 
 

@@ -33,6 +33,7 @@ be answered from memory; either lets a warm call skip the thread hop.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import logging
 import socket
@@ -46,6 +47,7 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, Final, Protocol, cast
+from urllib.parse import quote, urlsplit
 
 from citymodels_devkit.local.persistence import DYNAMODB_READS, Restored, StateStore
 from citymodels_devkit.local.s3events import (
@@ -62,7 +64,9 @@ from citymodels_devkit.local.sagemaker_jobs import OPERATIONS, JobService, SageM
 __all__ = [
     "AwsApp",
     "Endpoint",
+    "InvocationsApp",
     "LocalAwsServer",
+    "RemoteEndpoint",
     "build_aws_app",
 ]
 
@@ -93,6 +97,70 @@ class Endpoint(Protocol):
 
     def invoke(self, target_model: str, body: bytes, content_type: str, accept: str) -> Any:
         """Answer one invocation."""
+
+
+_HOP_BY_HOP: Final = frozenset({"connection", "keep-alive", "transfer-encoding", "date", "server"})
+
+
+class RemoteEndpoint:
+    """An :class:`Endpoint` served by another process: invocations forwarded over HTTP.
+
+    The local stack runs its endpoint in a process of its own (:mod:`.processes`); the
+    AWS endpoint forwards the invocations it receives (the CLI's, the SageMaker SDK's)
+    there, answer as given. One keep-alive connection per invoking thread.
+
+    Parameters
+    ----------
+    url
+        ``http://host:port`` of the process serving the endpoint's invocations.
+    name
+        The endpoint's name (the path is ``/endpoints/{name}/invocations``).
+    timeout
+        Seconds to wait for an answer (a cold load included).
+    """
+
+    def __init__(self, url: str, name: str, timeout: float = 120.0) -> None:
+        parts = urlsplit(url)
+        self.url, self.name, self.timeout = url, name, timeout
+        self._address = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self._path = f"{_INVOCATIONS_PREFIX}{quote(name, safe='')}{_INVOCATIONS_SUFFIX}"
+        self._local = threading.local()
+
+    def invoke(
+        self, target_model: str, body: bytes, content_type: str, accept: str
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Forward one invocation; return the endpoint's status, headers and body."""
+        headers = {
+            name: value
+            for name, value in (
+                ("X-Amzn-SageMaker-Target-Model", target_model),
+                ("Content-Type", content_type),
+                ("Accept", accept),
+            )
+            if value
+        }
+        for attempt in (0, 1):  # a kept-alive connection the other side closed: once more
+            connection = getattr(self._local, "connection", None)
+            if connection is None:
+                connection = http.client.HTTPConnection(*self._address, timeout=self.timeout)
+                self._local.connection = connection
+            try:
+                connection.request("POST", self._path, body, headers)
+                response = connection.getresponse()
+                payload = response.read()
+            except (OSError, http.client.HTTPException):
+                connection.close()
+                self._local.connection = None
+                if attempt:
+                    raise
+                continue
+            pairs = [
+                (name.lower().encode("latin-1"), value.encode("latin-1"))
+                for name, value in response.getheaders()
+                if name.lower() not in _HOP_BY_HOP
+            ]
+            return response.status, pairs, payload
+        raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -159,6 +227,16 @@ async def _respond(
 ) -> None:
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 def _json_headers(body: bytes, content_type: bytes = _JSON_11) -> list[tuple[bytes, bytes]]:
@@ -295,6 +373,123 @@ class _PendingEvents:
                 self.pending.pop(event_id, None)
 
 
+class InvocationsApp:
+    """SageMaker Runtime's ``InvokeEndpoint``: the hot path, natively in ASGI.
+
+    The :class:`AwsApp` routes ``POST /endpoints/{name}/invocations`` here; the
+    endpoint's own process serves one of these alone (:mod:`.processes`).
+
+    Parameters
+    ----------
+    account_id
+        Named in the ``ValidationError`` of an unknown endpoint.
+    invoke_threads
+        Threads for invocations that may block (cold models).
+    """
+
+    def __init__(self, account_id: str = DEFAULT_ACCOUNT_ID, invoke_threads: int = 16) -> None:
+        self.account_id = account_id
+        self.timings: list[int] | None = None
+        """While a list: each invocation's time in this app, ns (benchmarks set it)."""
+        self._endpoints: dict[str, _Registered] = {}
+        self._invoke_pool = ThreadPoolExecutor(invoke_threads, thread_name_prefix="invoke")
+
+    def register_endpoint(self, name: str, endpoint: Endpoint) -> None:
+        """Serve ``POST /endpoints/{name}/invocations`` with ``endpoint``."""
+        self._endpoints[name] = _Registered(
+            endpoint,
+            getattr(endpoint, "invoke_nowait", None),
+            getattr(endpoint, "is_loaded", None),
+        )
+
+    def unregister_endpoint(self, name: str) -> None:
+        """Stop serving endpoint ``name`` (it answers ValidationError again)."""
+        self._endpoints.pop(name, None)
+
+    @property
+    def endpoint_names(self) -> frozenset[str]:
+        """The endpoints served."""
+        return frozenset(self._endpoints)
+
+    def close(self) -> None:
+        """Stop the invocation threads."""
+        self._invoke_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve invocations; anything else is a 404 (this app serves nothing else)."""
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        if not (
+            scope["method"] == "POST"
+            and path.startswith(_INVOCATIONS_PREFIX)
+            and path.endswith(_INVOCATIONS_SUFFIX)
+            and await self.invocation(scope, receive, send, path)
+        ):
+            await self._runtime_error(send, 404, "UnknownOperationException", "not found")
+
+    async def invocation(self, scope: Scope, receive: Receive, send: Send, path: str) -> bool:
+        """Serve an invocation; return False if the request is S3's after all."""
+        if self.timings is None:
+            return await self._invocation(scope, receive, send, path)
+        started = time.perf_counter_ns()
+        try:
+            return await self._invocation(scope, receive, send, path)
+        finally:
+            if self.timings is not None:
+                self.timings.append(time.perf_counter_ns() - started)
+
+    async def _invocation(self, scope: Scope, receive: Receive, send: Send, path: str) -> bool:
+        target_model = content_type = accept = ""
+        for key, value in scope["headers"]:
+            if key == b"x-amzn-sagemaker-target-model":
+                target_model = value.decode("utf-8")
+            elif key == b"content-type":
+                content_type = value.decode("latin-1")
+            elif key == b"accept":
+                accept = value.decode("latin-1")
+            elif key == b"authorization" and b"/s3/aws4_request" in value:
+                return False  # PUT/POST on bucket "endpoints": moto's
+        name = path[len(_INVOCATIONS_PREFIX) : -len(_INVOCATIONS_SUFFIX)]
+        body = await _read_body(receive)
+        registered = self._endpoints.get(name)
+        if registered is None:
+            message = f"Endpoint {name} of account {self.account_id} not found."
+            await self._runtime_error(send, 400, "ValidationError", message)
+            return True
+        endpoint = registered.endpoint
+        try:
+            result = None
+            if registered.invoke_nowait is not None:
+                result = registered.invoke_nowait(target_model, body, content_type, accept)
+            elif registered.is_loaded is not None and registered.is_loaded(target_model):
+                result = endpoint.invoke(target_model, body, content_type, accept)
+            if result is None:
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(
+                    self._invoke_pool,
+                    partial(endpoint.invoke, target_model, body, content_type, accept),
+                )
+            status, headers, payload = _render(result)
+        except Exception as error:
+            logger.exception("endpoint %s failed", name)
+            await self._runtime_error(send, 500, "InternalFailure", f"{type(error).__name__}")
+            return True
+        await _respond(send, status, headers, payload)
+        return True
+
+    @staticmethod
+    async def _runtime_error(send: Send, status: int, code: str, message: str) -> None:
+        # SageMaker Runtime is a REST-JSON service: botocore reads the code from the
+        # x-amzn-ErrorType header and the message from the body.
+        body = json.dumps({"ErrorCode": code, "Message": message}).encode()
+        headers = [*_json_headers(body, b"application/json"), (b"x-amzn-errortype", code.encode())]
+        await _respond(send, status, headers, body)
+
+
 class AwsApp:
     """The front ASGI application (build it with :func:`build_aws_app`).
 
@@ -349,8 +544,7 @@ class AwsApp:
         self._moto: Any = WSGIMiddleware(
             cast(Any, _MotoEnviron(moto_app, store)), workers=wsgi_workers
         )
-        self._endpoints: dict[str, _Registered] = {}
-        self._invoke_pool = ThreadPoolExecutor(invoke_threads, thread_name_prefix="invoke")
+        self.invocations = InvocationsApp(account_id, invoke_threads)
         self._control_pool = ThreadPoolExecutor(4, thread_name_prefix="aws-control")
         for name, endpoint in (endpoints or {}).items():
             self.register_endpoint(name, endpoint)
@@ -359,20 +553,16 @@ class AwsApp:
 
     def register_endpoint(self, name: str, endpoint: Endpoint) -> None:
         """Serve ``POST /endpoints/{name}/invocations`` with ``endpoint``."""
-        self._endpoints[name] = _Registered(
-            endpoint,
-            getattr(endpoint, "invoke_nowait", None),
-            getattr(endpoint, "is_loaded", None),
-        )
+        self.invocations.register_endpoint(name, endpoint)
 
     def unregister_endpoint(self, name: str) -> None:
         """Stop serving endpoint ``name`` (it answers ValidationError again)."""
-        self._endpoints.pop(name, None)
+        self.invocations.unregister_endpoint(name)
 
     @property
     def endpoint_names(self) -> frozenset[str]:
         """The endpoints served."""
-        return frozenset(self._endpoints)
+        return self.invocations.endpoint_names
 
     def attach(self, url: str) -> None:
         """Called once the server listens at ``url``: start the job workers."""
@@ -397,7 +587,7 @@ class AwsApp:
         if self.store is not None:
             self.store.close()
         self.jobs.close()
-        self._invoke_pool.shutdown(wait=False, cancel_futures=True)
+        self.invocations.close()
         self._control_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- ASGI
@@ -407,7 +597,7 @@ class AwsApp:
         kind = scope["type"]
         if kind != "http":
             if kind == "lifespan":
-                await self._lifespan(receive, send)
+                await _lifespan(receive, send)
             return
         method = scope["method"]
         path = scope["path"]
@@ -415,7 +605,7 @@ class AwsApp:
             method == "POST"
             and path.startswith(_INVOCATIONS_PREFIX)
             and path.endswith(_INVOCATIONS_SUFFIX)
-            and await self._invocation(scope, receive, send, path)
+            and await self.invocations.invocation(scope, receive, send, path)
         ):
             return
         target = None
@@ -441,65 +631,6 @@ class AwsApp:
                 await self._s3_write(scope, receive, send, write, headers)
                 return
         await self._moto(scope, receive, send)
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-
-    # -- InvokeEndpoint: the hot path
-
-    async def _invocation(self, scope: Scope, receive: Receive, send: Send, path: str) -> bool:
-        """Serve an invocation; return False if the request is S3's after all."""
-        target_model = content_type = accept = ""
-        for key, value in scope["headers"]:
-            if key == b"x-amzn-sagemaker-target-model":
-                target_model = value.decode("utf-8")
-            elif key == b"content-type":
-                content_type = value.decode("latin-1")
-            elif key == b"accept":
-                accept = value.decode("latin-1")
-            elif key == b"authorization" and b"/s3/aws4_request" in value:
-                return False  # PUT/POST on bucket "endpoints": moto's
-        name = path[len(_INVOCATIONS_PREFIX) : -len(_INVOCATIONS_SUFFIX)]
-        body = await _read_body(receive)
-        registered = self._endpoints.get(name)
-        if registered is None:
-            message = f"Endpoint {name} of account {self.account_id} not found."
-            await self._runtime_error(send, 400, "ValidationError", message)
-            return True
-        endpoint = registered.endpoint
-        try:
-            result = None
-            if registered.invoke_nowait is not None:
-                result = registered.invoke_nowait(target_model, body, content_type, accept)
-            elif registered.is_loaded is not None and registered.is_loaded(target_model):
-                result = endpoint.invoke(target_model, body, content_type, accept)
-            if result is None:
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(
-                    self._invoke_pool,
-                    partial(endpoint.invoke, target_model, body, content_type, accept),
-                )
-            status, headers, payload = _render(result)
-        except Exception as error:
-            logger.exception("endpoint %s failed", name)
-            await self._runtime_error(send, 500, "InternalFailure", f"{type(error).__name__}")
-            return True
-        await _respond(send, status, headers, payload)
-        return True
-
-    @staticmethod
-    async def _runtime_error(send: Send, status: int, code: str, message: str) -> None:
-        # SageMaker Runtime is a REST-JSON service: botocore reads the code from the
-        # x-amzn-ErrorType header and the message from the body.
-        body = json.dumps({"ErrorCode": code, "Message": message}).encode()
-        headers = [*_json_headers(body, b"application/json"), (b"x-amzn-errortype", code.encode())]
-        await _respond(send, status, headers, body)
 
     # -- SageMaker jobs
 
@@ -682,8 +813,24 @@ def build_aws_app(
             region=region,
             snapshot_interval=snapshot_interval,
         )
+    class Dispatcher(DomainDispatcherApplication):
+        """moto's dispatcher, remembering which backend serves a host: moto finds it
+        anew per request by listing its package directory and trying every service's
+        URL patterns, a fixed answer that cost ~5% of the process's CPU."""
+
+        def __init__(self, create_app: Any) -> None:
+            super().__init__(create_app)
+            self.backends: dict[str | None, Any] = {}
+
+        def get_backend_for_host(self, host: str | None) -> Any:
+            try:
+                return self.backends[host]
+            except KeyError:
+                backend = self.backends[host] = super().get_backend_for_host(host)
+                return backend
+
     return AwsApp(
-        moto_app=DomainDispatcherApplication(create_backend_app),
+        moto_app=Dispatcher(create_backend_app),
         jobs=jobs,
         s3_events=emitter,
         endpoints=endpoints,

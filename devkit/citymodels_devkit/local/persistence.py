@@ -135,7 +135,10 @@ class StateUnreadable(RuntimeError):
             f"the local stack's kept state in {path.parent} cannot be restored ({path.name}: "
             f"{why}): start empty with `citymodels local up --fresh` (it deletes that state)"
         )
-        self.path = path
+        self.path, self.why = path, why
+
+    def __reduce__(self) -> tuple[Any, ...]:  # raised in the aws process, shown by the main one
+        return (StateUnreadable, (self.path, self.why))
 
 
 def _moto_version() -> str:

@@ -2,32 +2,31 @@
 
 ``LocalStack`` reads ``template.yaml`` and, with no AWS account and no Docker:
 
-1. serves one AWS endpoint (moto for what moto serves; SageMaker jobs that really run;
-   the multi-model endpoint; AWS-shaped S3 events) — :mod:`.aws`, :mod:`.jobs`,
-   :mod:`.mme`, :mod:`.s3events`;
+1. starts the aws process: one AWS endpoint (moto for what moto serves; SageMaker
+   jobs that really run, in its worker processes; AWS-shaped S3 events; the kept
+   state) — :mod:`.processes`, :mod:`.aws`, :mod:`.sagemaker_jobs`, :mod:`.s3events`;
 2. creates the template's bucket, table and queues there, and runs the deployment's
    bootstrap (the processing code and the preprocessor artifact in S3);
-3. hosts the template's functions in-process with the template's environment and
+3. starts the endpoint process: the multi-model endpoint's invocations, which
+   ``AwsEndpointUrl`` forwards there, and its CloudWatch metrics every second —
+   :mod:`.mme`;
+4. hosts the template's functions in this process with the template's environment and
    ``AWS_ENDPOINT_URL`` set, routing events to them by the template's rules, and
    invoking scheduled ones at the template's rate — :mod:`.lambdas`;
-4. serves the template's REST API with its authorizer — :mod:`.apigw`;
-5. publishes the endpoint's CloudWatch metrics every second;
+5. serves the template's REST API with its authorizer, in this process — :mod:`.apigw`;
 6. prints and writes the stack outputs (docs/design.md §3, plus ``AwsEndpointUrl`` and
    ``AdminApiKey``).
 
-Tests start the same stack in-process (``tests/integration/conftest.py``).
+Tests start the same stack from the test process (``tests/integration/conftest.py``).
 """
 
 from __future__ import annotations
 
-import errno
 import importlib.util
 import json
 import logging
 import os
-import shutil
 import sys
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,10 +37,21 @@ from typing import Any
 import boto3
 
 from citymodels_devkit.local.apigw import ApiGateway
-from citymodels_devkit.local.aws import LocalAwsServer, build_aws_app
+from citymodels_devkit.local.aws import LocalAwsServer
 from citymodels_devkit.local.lambdas import EventRouter, FunctionHost
-from citymodels_devkit.local.mme import ModelArtifactMissing, MultiModelEndpoint
+from citymodels_devkit.local.mme import EndpointStats
 from citymodels_devkit.local.persistence import Restored
+from citymodels_devkit.local.processes import (
+    LOCAL_STACK_AGENT,
+    AwsReady,
+    AwsSpec,
+    EndpointSpec,
+    PortInUse,
+    ServiceProcess,
+    listen,
+    serve_aws,
+    serve_endpoint,
+)
 from citymodels_devkit.local.template import ACCOUNT_ID, REGION, ResolvedTemplate, resolve_template
 from citymodels_devkit.paths import REPO_ROOT
 from citymodels_devkit.stack import PARAMETER_OUTPUTS
@@ -56,34 +66,6 @@ LOCAL_IMAGES = {
 framework works; these make it plain that nothing is pulled)."""
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
-LOCAL_STACK_AGENT = "cm-local-stack"
-"""In the User-Agent of the stack's own calls: event routing, endpoint loads, metrics."""
-
-
-class PortInUse(OSError):
-    """A port of the local stack is taken.
-
-    Attributes
-    ----------
-    which
-        ``"aws"`` (the AWS endpoint, ``LocalOptions.aws_port``) or ``"api"`` (the HTTP API).
-    host, port
-        Where it could not listen.
-    """
-
-    def __init__(self, which: str, host: str, port: int) -> None:
-        name = "the AWS endpoint" if which == "aws" else "the HTTP API"
-        super().__init__(errno.EADDRINUSE, f"port {port} on {host} ({name}) is already in use")
-        self.which, self.host, self.port = which, host, port
-
-
-def _listen(app: Any, host: str, port: int, which: str) -> LocalAwsServer:
-    try:
-        return LocalAwsServer(app, host, port).start()
-    except OSError as err:
-        if err.errno == errno.EADDRINUSE:
-            raise PortInUse(which, host, port) from err
-        raise
 
 
 @dataclass
@@ -171,15 +153,17 @@ class LocalStack:
         self.options = options or LocalOptions()
         self.outputs: dict[str, str] = {}
         self.stack: ResolvedTemplate | None = None
-        self.endpoint: MultiModelEndpoint | None = None
+        self.aws_url: str | None = None
+        """``AwsEndpointUrl``: every AWS API, invocations included (forwarded)."""
+        self.endpoint_url: str | None = None
+        """The endpoint process's own URL: SageMaker Runtime for the functions."""
         self.router: EventRouter | None = None
         self.host: FunctionHost | None = None
         self.api: ApiGateway | None = None
-        self._aws_server: LocalAwsServer | None = None
+        self._aws: ServiceProcess | None = None
+        self._endpoint: ServiceProcess | None = None
         self._api_server: LocalAwsServer | None = None
         self._saved_env: dict[str, str | None] = {}
-        self._stop = threading.Event()
-        self._metrics_thread: threading.Thread | None = None
         self.restored: Restored | None = None
 
     # -- lifecycle -------------------------------------------------------------------
@@ -209,24 +193,30 @@ class LocalStack:
             # Each queue's receiver holds a moto thread during its long poll: size moto's
             # pool for them plus the handlers' own calls, or calls queue behind polls.
             pollers = len(probe.rules) + len(probe.queue_sources)
-            app = build_aws_app(
-                event_buckets=event_buckets,
-                max_job_workers=opts.job_workers,
-                wsgi_workers=pollers + 32,
-                state_dir=opts.state_dir if opts.persist else None,
-                fresh=opts.fresh,
-                snapshot_interval=opts.snapshot_interval_seconds,
+            self._aws = ServiceProcess(
+                "aws",
+                serve_aws,
+                AwsSpec(
+                    host=opts.host,
+                    port=opts.aws_port,
+                    event_buckets=tuple(event_buckets),
+                    job_workers=opts.job_workers,
+                    wsgi_workers=pollers + 32,
+                    state_dir=opts.state_dir if opts.persist else None,
+                    fresh=opts.fresh,
+                    snapshot_interval=opts.snapshot_interval_seconds,
+                ),
             )
-            self.restored = app.restored
-            if app.restored is not None and not app.restored.empty:
+            ready: AwsReady = self._aws.start()
+            self.restored = ready.restored
+            if self.restored is not None and not self.restored.empty:
                 log.info(
                     "restored the state of %s in %.2f s (%d journal records)",
                     opts.state_dir,
-                    app.restored.seconds,
-                    app.restored.records,
+                    self.restored.seconds,
+                    self.restored.records,
                 )
-            self._aws_server = _listen(app, opts.host, opts.aws_port, "aws")
-            aws_url = self._aws_server.url
+            aws_url = self.aws_url = ready.url
             self._set_env({"AWS_ENDPOINT_URL": aws_url})
             clients = _Clients(aws_url)
             self._create_resources(probe, clients)
@@ -239,11 +229,20 @@ class LocalStack:
                 extra_attributes={"Bootstrap": published},
             )
             self.stack = stack
-            self.endpoint = self._make_endpoint(stack, clients)
-            app.register_endpoint(stack.endpoint_name, self.endpoint)
+            self._endpoint = ServiceProcess("endpoint", serve_endpoint, self._endpoint_spec(stack))
+            endpoint_url = self.endpoint_url = self._endpoint.start()
+            self._aws.call("register_endpoint", stack.endpoint_name, endpoint_url)
 
             env = FunctionHost.environment(stack)
-            env.update({"POWERTOOLS_TRACE_DISABLED": "true", "AWS_ENDPOINT_URL": aws_url})
+            # The functions call the endpoint's process directly (as Lambda calls
+            # SageMaker Runtime's own endpoint); every other client takes AwsEndpointUrl.
+            env.update(
+                {
+                    "POWERTOOLS_TRACE_DISABLED": "true",
+                    "AWS_ENDPOINT_URL": aws_url,
+                    "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": endpoint_url,
+                }
+            )
             self._set_env(env)
             self.host = FunctionHost(stack, max_concurrency=opts.function_concurrency)
             for function in stack.functions:
@@ -260,16 +259,9 @@ class LocalStack:
             self.router.setup_rules()
             self.router.setup_schedules(opts.schedule_period_seconds)
             self.api = ApiGateway(stack, self.host)
-            self._api_server = _listen(self.api, opts.host, opts.api_port, "api")
-            self._metrics_thread = threading.Thread(
-                target=self._publish_metrics,
-                args=(clients.cloudwatch,),
-                name="mme metrics",
-                daemon=True,
-            )
-            self._metrics_thread.start()
+            self._api_server = listen(self.api, opts.host, opts.api_port, "api")
             self.outputs = self._outputs(stack, clients)
-            app.checkpoint()
+            self._aws.call("checkpoint")
             return self.outputs
         except BaseException:
             self.stop()
@@ -277,16 +269,14 @@ class LocalStack:
 
     def stop(self) -> None:
         """Stop everything and restore the environment."""
-        self._stop.set()
         if self.router is not None:
             self.router.stop()
-        if self._metrics_thread is not None:
-            self._metrics_thread.join(timeout=5)
-        for server in (self._api_server, self._aws_server):
-            if server is not None:
-                server.stop()
-        if self.endpoint is not None:
-            self.endpoint.close()
+        if self._api_server is not None:
+            self._api_server.stop()
+        for process in (self._endpoint, self._aws):  # the aws process last: its snapshot
+            if process is not None:
+                process.stop()
+        self._api_server = self._endpoint = self._aws = None
         for name, value in self._saved_env.items():
             if value is None:
                 os.environ.pop(name, None)
@@ -354,57 +344,50 @@ class LocalStack:
         published = module.publish(clients.s3, bucket)
         return dict(published.to_data())
 
-    def _make_endpoint(self, stack: ResolvedTemplate, clients: _Clients) -> MultiModelEndpoint:
-        opts = self.options
+    def _endpoint_spec(self, stack: ResolvedTemplate) -> EndpointSpec:
         containers = stack.model_containers
         mme = next((c for c in containers if c.get("Mode") == "MultiModel"), None)
         preprocessor = next((c for c in containers if c.get("Mode") != "MultiModel"), None)
         if mme is None or preprocessor is None:
             raise RuntimeError("the template's Model must be [preprocessor, MultiModel container]")
-        bucket, prefix = _split_s3(str(mme["ModelDataUrl"]))
-        pre_bucket, pre_key = _split_s3(str(preprocessor["ModelDataUrl"]))
-        s3 = clients.s3
-
-        def fetch(target_model: str) -> bytes:
-            try:
-                return bytes(
-                    s3.get_object(Bucket=bucket, Key=f"{prefix}{target_model}")["Body"].read()
-                )
-            except s3.exceptions.NoSuchKey as err:
-                raise ModelArtifactMissing(f"s3://{bucket}/{prefix}{target_model}") from err
-
-        artifact = s3.get_object(Bucket=pre_bucket, Key=pre_key)["Body"].read()
-        cache_dir = opts.work_dir / "endpoint"
-        if cache_dir.exists():
-            shutil.rmtree(cache_dir)
-        return MultiModelEndpoint(
-            stack.endpoint_name,
-            fetch_model=fetch,
-            preprocessor_dir_or_artifact=artifact,
-            cache_dir=cache_dir,
-            max_models=opts.mme_max_models,
-            max_memory_mb=opts.mme_max_memory_mb,
-            instance_memory_mb=opts.instance_memory_mb,
-            baseline_memory_mb=opts.baseline_memory_mb,
-            model_overhead_mb=opts.model_overhead_mb,
-            load_wait_seconds=opts.load_wait_seconds,
-            load_delay_seconds=opts.load_delay_seconds,
-            container_hostnames=(
+        assert self.aws_url is not None
+        return EndpointSpec(
+            name=stack.endpoint_name,
+            aws_url=self.aws_url,
+            models=str(mme["ModelDataUrl"]),
+            preprocessor=str(preprocessor["ModelDataUrl"]),
+            hostnames=(
                 str(preprocessor.get("ContainerHostname", "preprocessor")),
                 str(mme.get("ContainerHostname", "model")),
             ),
+            options=self.options,
         )
 
-    def _publish_metrics(self, cloudwatch: Any) -> None:
-        while not self._stop.wait(self.options.metrics_period_seconds):
-            endpoint = self.endpoint
-            if endpoint is None:
-                continue
-            try:
-                for batch in endpoint.drain_metrics():
-                    cloudwatch.put_metric_data(**batch)
-            except Exception as err:
-                log.debug("metrics not published: %s", err)
+    def endpoint_stats(self) -> EndpointStats:
+        """The endpoint's counters and tiers (asked of its process)."""
+        if self._endpoint is None:
+            raise RuntimeError("the local stack is not running")
+        stats: EndpointStats = self._endpoint.call("stats")
+        return stats
+
+    def invocation_timings(self, *, start: bool = False) -> list[int]:
+        """Time each invocation inside the endpoint's process (its ASGI app, request in to
+        response out), for benchmarks: ``start=True`` starts afresh; otherwise the times
+        taken since (ns) are returned and timing stops."""
+        if self._endpoint is None:
+            raise RuntimeError("the local stack is not running")
+        taken: list[int] = self._endpoint.call("timings", start)
+        return taken
+
+    def processes(self) -> dict[str, int]:
+        """The stack's processes by role: ``functions`` (this one: the functions, their
+        event routing and the HTTP API), ``aws`` and ``endpoint``; the job workers are
+        the aws process's children."""
+        found = {"functions": os.getpid()}
+        for role, process in (("aws", self._aws), ("endpoint", self._endpoint)):
+            if process is not None and process.pid is not None:
+                found[role] = process.pid
+        return found
 
     def _outputs(self, stack: ResolvedTemplate, clients: _Clients) -> dict[str, str]:
         registry_table = stack.outputs.get("RegistryTable", "")
@@ -418,10 +401,10 @@ class LocalStack:
                 path = self.options.state_dir / "admin-key"
                 path.write_text(secret + "\n", encoding="utf-8")
                 path.chmod(0o600)
-        assert self._api_server is not None and self._aws_server is not None
+        assert self._api_server is not None and self.aws_url is not None
         outputs = dict(stack.outputs)
         outputs["ApiUrl"] = f"{self._api_server.url}/{stack.api_stage}/"
-        outputs["AwsEndpointUrl"] = self._aws_server.url
+        outputs["AwsEndpointUrl"] = self.aws_url
         outputs["AdminApiKey"] = secret
         if "FailureQueue" in clients.queue_urls:
             outputs.setdefault("FailureQueueUrl", clients.queue_urls["FailureQueue"])
@@ -480,13 +463,6 @@ class _Clients:
         self.events = session.client("events", endpoint_url=url, config=config)
         self.cloudwatch = session.client("cloudwatch", endpoint_url=url, config=config)
         self.queue_urls: dict[str, str] = {}
-
-
-def _split_s3(uri: str) -> tuple[str, str]:
-    if not uri.startswith("s3://"):
-        raise RuntimeError(f"expected an s3:// URI, got {uri!r}")
-    bucket, _, key = uri[5:].partition("/")
-    return bucket, key
 
 
 def _load_module(path: Path, name: str) -> ModuleType:
