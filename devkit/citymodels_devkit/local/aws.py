@@ -813,6 +813,7 @@ def build_aws_app(
             region=region,
             snapshot_interval=snapshot_interval,
         )
+
     class Dispatcher(DomainDispatcherApplication):
         """moto's dispatcher, remembering which backend serves a host: moto finds it
         anew per request by listing its package directory and trying every service's
