@@ -74,9 +74,9 @@ def run(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str
 class _FakeStack(LocalStack):
     """Starts nothing: outputs at once, or a taken port."""
 
-    def __init__(self, fail: PortInUse | None = None) -> None:
+    def __init__(self, fail: PortInUse | None = None, dies: str | None = None) -> None:
         super().__init__(None)
-        self.fail = fail
+        self.fail, self.dies, self.stopped = fail, dies, False
 
     def start(self) -> dict[str, str]:
         if self.fail is not None:
@@ -84,7 +84,10 @@ class _FakeStack(LocalStack):
         return dict(OUTPUTS)
 
     def stop(self) -> None:
-        pass
+        self.stopped = True
+
+    def dead(self) -> str | None:
+        return self.dies
 
 
 def test_a_second_stack_leaves_the_first_ones_pid_and_outputs_alone(
@@ -170,6 +173,18 @@ def test_kept_state_it_cannot_restore_is_one_line_saying_to_start_fresh(
     assert err.count("\n") == 1 and "Traceback" not in err
     assert str(state) in err and "local up --fresh" in err
     assert not StackFiles.of().pid.exists()
+
+
+def test_a_process_of_the_stack_that_ends_stops_local_up_with_its_reason(project: Path) -> None:
+    from citymodels_devkit.local.run import LocalStackError
+
+    # GIVEN a running stack whose aws process was killed
+    stack = _FakeStack(dies="the local stack's aws process ended (exit code -9)")
+    # WHEN local up watches it THEN it stops, says which process ended, and cleans up
+    with pytest.raises(LocalStackError, match=r"aws process ended \(exit code -9\).*local up"):
+        run_foreground(stack, StackFiles.of())
+    assert stack.stopped
+    assert not StackFiles.of().pid.exists() and not StackFiles.of().outputs.exists()
 
 
 def test_a_taken_api_port_names_the_api_flag(project: Path, run: Any) -> None:

@@ -158,6 +158,11 @@ class ServiceProcess:
         """The child's process id (None before start)."""
         return None if self._process is None else int(self._process.pid)
 
+    @property
+    def exit_code(self) -> int | None:
+        """The child's exit code once it ended (None while it runs or before start)."""
+        return None if self._process is None else self._process.exitcode
+
     def start(self, timeout: float = 120.0) -> Any:
         """Start the child; return what it is ``ready`` with.
 

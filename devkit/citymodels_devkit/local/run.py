@@ -190,7 +190,8 @@ def run_foreground(
         if on_ready is not None:
             on_ready(outputs)
         while not stop.wait(0.5):
-            pass
+            if (dead := stack.dead()) is not None:  # a child crashed or was killed
+                raise LocalStackError(f"{dead}: stopping the rest; start it again with `local up`")
     finally:
         stack.stop()
         release(files)

@@ -379,6 +379,13 @@ class LocalStack:
         taken: list[int] = self._endpoint.call("timings", start)
         return taken
 
+    def dead(self) -> str | None:
+        """What went wrong if a process of the stack ended on its own, else None."""
+        for process in (self._aws, self._endpoint):
+            if process is not None and process.exit_code is not None:
+                return f"the local stack's {process.role} process ended (exit code {process.exit_code})"
+        return None
+
     def processes(self) -> dict[str, int]:
         """The stack's processes by role: ``functions`` (this one: the functions, their
         event routing and the HTTP API), ``aws`` and ``endpoint``; the job workers are
