@@ -461,6 +461,17 @@ BAD_REQUESTS = [
     ("a 6 MB value", predict_body(HOUSE | {"DECK": "y" * 6_000_000}), None, None, 400,
      "instances[0].DECK", "'y' or 'n', got 'yyy"),
     ("1001 rows", _many(1001), None, None, 413, "instances", "at most 1,000"),
+    # several mistakes: the first one met reading the body, whatever order the model finds them
+    ("1001 rows, the first one bad", predict_body(HOUSE | {"DECK": "x"}, *[HOUSE] * 1000), None,
+     None, 413, "instances", "at most 1,000"),
+    ("unknown top-level field and a bad row", json.dumps({"instances": [HOUSE | {"DECK": "x"}],
+     "zz": 1, "city": "x"}), None, None, 400, "city", "unknown field"),
+    ("bad rows 2 and 3", predict_body(HOUSE, HOUSE | {"DECK": "x"}, HOUSE | {"YEAR_BUILT": 1}),
+     None, None, 400, "instances[1].DECK", "'y' or 'n'"),
+    ("a bad flag sent before a bad number", predict_body({"DECK": "x"} | HOUSE | {"DECK": "x",
+     "GARAGE_SPACES": -1}), None, None, 400, "instances[0].GARAGE_SPACES", "from 0 to 1000"),
+    ("an unknown name and a missing one", predict_body({k: v for k, v in HOUSE.items()
+     if k != "DECK"} | {"GARDEN": "y"}), None, None, 400, "instances[0].GARDEN", "unknown field"),
     ("over 6 MB", predict_body(HOUSE)[:-1] + " " * (6 * 1024 * 1024) + "}", None, None, 413,
      "body", "at most 6,291,456"),
     ("wrong content type", predict_body(HOUSE), "text/plain", None, 415, "Content-Type",
@@ -1052,3 +1063,29 @@ def test_parsed_rows_are_what_the_endpoint_reads() -> None:
     house = {k: v for k, v in HOUSE.items() if k != "DECK"}
     body = api.RequestBody(predict_body(house | {"deck": " Y ", "YEAR_BUILT": "1995"}))
     assert api.rows_to_csv(api.parse_prediction_rows(body)) == "1995,2100.5,3,2.5,0.8,2,y,y\n"
+
+
+def test_json_and_csv_bodies_give_the_endpoint_the_same_rows() -> None:
+    # GIVEN 300 random houses within the rules, whole numbers and fractions
+    rng = random.Random(11)
+    houses = []
+    for _ in range(300):
+        house: dict[str, Any] = {}
+        for column in FEATURES:
+            rule = FIELD_RULES.get(column)
+            if rule is None:
+                house[column] = rng.choice(["y", "n"])
+            elif rule.whole or rng.random() < 0.3:
+                house[column] = rng.randint(int(rule.minimum) + 1, int(rule.maximum))
+            else:
+                house[column] = round(rng.uniform(rule.minimum + 0.001, rule.maximum), 3)
+        houses.append(house)
+    # WHEN they are sent as JSON, as JSON with strings for numbers, and as CSV
+    json_rows = api.parse_prediction_rows(api.RequestBody(predict_body(*houses)))
+    as_text = [{c: str(v) for c, v in house.items()} for house in houses]
+    text_rows = api.parse_prediction_rows(api.RequestBody(predict_body(*as_text)))
+    csv_body = "".join(",".join(str(house[c]) for c in FEATURES) + "\n" for house in houses)
+    csv_rows = api.parse_prediction_rows(api.RequestBody(csv_body, content_type="text/csv"))
+    # THEN the endpoint would read the same rows
+    assert json_rows == text_rows == csv_rows
+    assert len(json_rows) == len(houses)
