@@ -57,6 +57,7 @@ from pydantic import (
     create_model,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from citymodels.auth import authorizer_policy, city_allowed
 from citymodels.cities import CITY_ID_PATTERN, validate_city_id
@@ -829,15 +830,30 @@ House = create_model("House", __base__=_HouseBase, __doc__=HOUSE_DESCRIPTION, **
 """One house of a JSON prediction request (fields generated from the field rules)."""
 
 
+def _rows_within_limit(value: Any) -> Any:
+    # fail_fast (below) stops at the first bad house, before pydantic's own max_length check
+    # is reached; a body over the limit is answered 413 whatever its houses hold.
+    if isinstance(value, list) and len(value) > MAX_ROWS:
+        raise PydanticCustomError(
+            "too_long",
+            "List should have at most {max_length} items, not {actual_length}",
+            {"max_length": MAX_ROWS, "actual_length": len(value)},
+        )
+    return value
+
+
 PredictionRequest = create_model(
     "PredictionRequest",
     __config__=ConfigDict(extra="forbid", strict=True, defer_build=True),
     __doc__="The houses to price, in the order their prices are answered.",
-    instances=(
-        list[House],  # type: ignore[valid-type]
+    instances=(  # type: ignore[arg-type]  # House is a class made at run time
+        Annotated[list[House], BeforeValidator(_rows_within_limit)],  # type: ignore[valid-type]
         Field(
             min_length=1,
             max_length=MAX_ROWS,
+            # The first bad house is the answer: reading every other one too cost 20 times
+            # as long (100 ms for 1,000 houses of 8 bad values each, against 5 ms).
+            fail_fast=True,
             description=f"At least one house, at most {MAX_ROWS:,} (more is answered 413)",
         ),
     ),
