@@ -186,8 +186,8 @@ def get_city(city: CityPath) -> api.CityDetail:
     summary="Price houses with the city's current model",
     security=SECURITY,
     responses=_responses("One price per row, in order", 400, 403, 404, 413, 415, 424, 502, 503),
-    # The body is read by citymodels.api (JSON or CSV, errors naming row and field),
-    # so its schema is declared here rather than derived from a parameter.
+    # JSON (api.PredictionRequest, whose schema this is) or CSV: declared here, as a Body()
+    # parameter would have Powertools refuse text/csv before the route runs.
     openapi_extensions={"requestBody": api.prediction_request_schema()},
 )
 def predict(city: CityPath) -> api.PredictionResponse:

@@ -17,6 +17,7 @@ from typing import Any
 
 import boto3
 import pytest
+from jsonschema import Draft202012Validator
 from moto import mock_aws
 from openapi_spec_validator import validate as validate_openapi
 
@@ -461,6 +462,17 @@ BAD_REQUESTS = [
     ("a 6 MB value", predict_body(HOUSE | {"DECK": "y" * 6_000_000}), None, None, 400,
      "instances[0].DECK", "'y' or 'n', got 'yyy"),
     ("1001 rows", _many(1001), None, None, 413, "instances", "at most 1,000"),
+    # several mistakes: the first one met reading the body, whatever order the model finds them
+    ("1001 rows, the first one bad", predict_body(HOUSE | {"DECK": "x"}, *[HOUSE] * 1000), None,
+     None, 413, "instances", "at most 1,000"),
+    ("unknown top-level field and a bad row", json.dumps({"instances": [HOUSE | {"DECK": "x"}],
+     "zz": 1, "city": "x"}), None, None, 400, "city", "unknown field"),
+    ("bad rows 2 and 3", predict_body(HOUSE, HOUSE | {"DECK": "x"}, HOUSE | {"YEAR_BUILT": 1}),
+     None, None, 400, "instances[1].DECK", "'y' or 'n'"),
+    ("a bad flag sent before a bad number", predict_body({"DECK": "x"} | HOUSE | {"DECK": "x",
+     "GARAGE_SPACES": -1}), None, None, 400, "instances[0].GARAGE_SPACES", "from 0 to 1000"),
+    ("an unknown name and a missing one", predict_body({k: v for k, v in HOUSE.items()
+     if k != "DECK"} | {"GARDEN": "y"}), None, None, 400, "instances[0].GARDEN", "unknown field"),
     ("over 6 MB", predict_body(HOUSE)[:-1] + " " * (6 * 1024 * 1024) + "}", None, None, 413,
      "body", "at most 6,291,456"),
     ("wrong content type", predict_body(HOUSE), "text/plain", None, 415, "Content-Type",
@@ -1052,3 +1064,111 @@ def test_parsed_rows_are_what_the_endpoint_reads() -> None:
     house = {k: v for k, v in HOUSE.items() if k != "DECK"}
     body = api.RequestBody(predict_body(house | {"deck": " Y ", "YEAR_BUILT": "1995"}))
     assert api.rows_to_csv(api.parse_prediction_rows(body)) == "1995,2100.5,3,2.5,0.8,2,y,y\n"
+
+
+def test_the_served_json_body_schema_is_the_validating_models(
+    predict_app: ModuleType, service: api.CityApi, lambda_context: FakeLambdaContext
+) -> None:
+    # WHEN the OpenAPI document is fetched
+    _, document, _ = call(predict_app, load_event("api_openapi"), lambda_context)
+    body = document["paths"]["/cities/{city}/predictions"]["post"]["requestBody"]
+    served = body["content"]["application/json"]["schema"]
+    # THEN the JSON body's schema is the model's that validates it, House written in place
+    # (a '#/$defs/House' reference would point at the document's root)
+    model = api.PredictionRequest.model_json_schema()
+    house = model.pop("$defs")["House"]
+    model["properties"]["instances"]["items"] = house
+    assert served == model
+    assert "$ref" not in json.dumps(body) and "$defs" not in json.dumps(body)
+    # AND it says which forms beyond the schema the API accepts
+    assert "any case" in house["description"] and "PRICE" in house["description"]
+    # AND the CSV body keeps its own schema
+    assert body["content"]["text/csv"]["schema"]["pattern"] == api.csv_body_pattern()
+
+
+def _edges(column: str) -> list[object]:
+    """Values at and just beyond a column's rule (or its flag vocabulary and others)."""
+    if column not in FIELD_RULES:
+        return ["y", "n", "x", "", "yes", None, 1]
+    rule = FIELD_RULES[column]
+    low, high = rule.minimum, rule.maximum
+    return [low, high, low - 1, high + 1, low + 0.5, high - 0.5, (low + high) / 2, "", None]
+
+
+@pytest.mark.parametrize("column", FEATURES)
+def test_the_json_schema_and_the_api_agree_at_every_bound(column: str) -> None:
+    schema = api.json_body_schema()
+    # GIVEN the documented schema of a house, with every bound of the column's rule in it
+    documented = schema["properties"]["instances"]["items"]["properties"][column]
+    if column in FIELD_RULES:
+        rule = FIELD_RULES[column]
+        low = "exclusiveMinimum" if rule.exclusive_minimum else "minimum"
+        assert (documented[low], documented["maximum"]) == (rule.minimum, rule.maximum)
+        assert documented["type"] == ("integer" if rule.whole else "number")
+    else:
+        assert documented["enum"] == ["y", "n"]
+    validator = Draft202012Validator(schema)
+    for value in _edges(column):
+        # WHEN a house with the value is sent
+        document = {"instances": [HOUSE | {column: value}]}
+        refusal = _refusal(json.dumps(document))
+        # THEN it is refused exactly when the schema refuses it, naming the field and its rule
+        assert (refusal is None) == validator.is_valid(document), (value, refusal)
+        if refusal is not None:
+            assert refusal.field == f"instances[0].{column}"
+            if column in FIELD_RULES and isinstance(value, float):
+                assert FIELD_RULES[column].describe() in refusal.message
+
+
+def _refusal(body: str) -> api.BadRequest | None:
+    try:
+        api.parse_prediction_rows(api.RequestBody(body))
+    except api.BadRequest as err:
+        return err
+    return None
+
+
+def test_json_and_csv_bodies_give_the_endpoint_the_same_rows() -> None:
+    # GIVEN 300 random houses within the rules, whole numbers and fractions
+    rng = random.Random(11)
+    houses = []
+    for _ in range(300):
+        house: dict[str, Any] = {}
+        for column in FEATURES:
+            rule = FIELD_RULES.get(column)
+            if rule is None:
+                house[column] = rng.choice(["y", "n"])
+            elif rule.whole or rng.random() < 0.3:
+                house[column] = rng.randint(int(rule.minimum) + 1, int(rule.maximum))
+            else:
+                house[column] = round(rng.uniform(rule.minimum + 0.001, rule.maximum), 3)
+        houses.append(house)
+    # WHEN they are sent as JSON, as JSON with strings for numbers, and as CSV
+    json_rows = api.parse_prediction_rows(api.RequestBody(predict_body(*houses)))
+    as_text = [{c: str(v) for c, v in house.items()} for house in houses]
+    text_rows = api.parse_prediction_rows(api.RequestBody(predict_body(*as_text)))
+    csv_body = "".join(",".join(str(house[c]) for c in FEATURES) + "\n" for house in houses)
+    csv_rows = api.parse_prediction_rows(api.RequestBody(csv_body, content_type="text/csv"))
+    # THEN the endpoint would read the same rows
+    assert json_rows == text_rows == csv_rows
+    assert len(json_rows) == len(houses)
+
+
+def test_lax_forms_outside_the_schema_are_still_accepted() -> None:
+    # GIVEN the sample house written as the API has always accepted it, not as documented
+    lax = {
+        "year_built": "1995",
+        " SQUARE_FEET ": " 2100.5 ",
+        "NUM_BEDROOMS": "3",
+        "Num_Bathrooms": "2.5",
+        "LOT_ACRES": "8e-1",
+        "GARAGE_SPACES": "2.0",
+        "FRONT_PORCH": " Y ",
+        "deck": "N",
+        "PRICE": 250000,
+    }
+    document = {"instances": [lax]}
+    assert not Draft202012Validator(api.json_body_schema()).is_valid(document)
+    # WHEN it is sent, THEN the endpoint reads the same row as for the documented form
+    got = api.parse_prediction_rows(api.RequestBody(json.dumps(document)))
+    assert got == api.parse_prediction_rows(api.RequestBody(predict_body(HOUSE)))

@@ -193,14 +193,28 @@ def encode_values(values: Sequence[object]) -> list[float]:
 def encode_record(record: Mapping[str, object]) -> list[float]:
     """Encode one house given as a mapping of column name to value.
 
-    Names are matched case-insensitively; a PRICE entry is ignored (callers may pass a
-    whole raw row); any other unknown name is an error, so a typo is not silently dropped,
-    and so are two names that differ only in case (``DECK`` and ``deck``).
+    Names are read as :func:`record_features` reads them.
 
     Raises
     ------
     InvalidRecord
         A missing or unknown column, or a value that does not parse.
+    """
+    return encode_values(list(record_features(record).values()))
+
+
+def record_features(record: Mapping[str, object]) -> dict[str, object]:
+    """Return one house's raw feature values by column name, in :data:`FEATURES` order.
+
+    Names are matched case-insensitively (surrounding spaces ignored); a PRICE entry is
+    dropped (callers may pass a whole raw row); any other unknown name is an error, so a
+    typo is not silently dropped, and so are two names that differ only in case (``DECK``
+    and ``deck``). The values are returned as given, unparsed.
+
+    Raises
+    ------
+    InvalidRecord
+        A missing or unknown column, or a column given twice; ``field`` names it.
     """
     by_name: dict[str, object] = {}
     given: dict[str, object] = {}
@@ -221,4 +235,4 @@ def encode_record(record: Mapping[str, object]) -> list[float]:
     missing = [column for column in FEATURES if column not in by_name]
     if missing:
         raise InvalidRecord(f"missing field(s): {', '.join(missing)}", field=missing[0])
-    return encode_values([by_name[column] for column in FEATURES])
+    return {column: by_name[column] for column in FEATURES}
