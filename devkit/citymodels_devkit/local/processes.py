@@ -92,11 +92,20 @@ class ChildFailed(RuntimeError):
 
 
 def _child_main(
-    build: Callable[[Any], Service], spec: Any, conn: Connection, log_level: int
+    build: Callable[[Any], Service],
+    preload: Callable[[], None] | None,
+    conn: Connection,
+    log_level: int,
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us in order
     logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("citymodels").setLevel(log_level)
+    if preload is not None:  # while the parent gets the spec ready
+        preload()
+    try:
+        _, spec = conn.recv()  # ("build", spec)
+    except (EOFError, OSError):
+        return
     try:
         service = build(spec)
     except BaseException as err:
@@ -147,15 +156,20 @@ class ServiceProcess:
         Everything the child needs (picklable).
     """
 
-    def __init__(self, role: str, build: Callable[[Any], Service], spec: Any) -> None:
-        self.role, self._build, self._spec = role, build, spec
+    def __init__(
+        self,
+        role: str,
+        build: Callable[[Any], Service],
+        preload: Callable[[], None] | None = None,
+    ) -> None:
+        self.role, self._build, self._preload = role, build, preload
         self._process: Any = None
         self._conn: Connection | None = None
         self._lock = threading.Lock()
 
     @property
     def pid(self) -> int | None:
-        """The child's process id (None before start)."""
+        """The child's process id (None before :meth:`spawn`)."""
         return None if self._process is None else int(self._process.pid)
 
     @property
@@ -163,8 +177,25 @@ class ServiceProcess:
         """The child's exit code once it ended (None while it runs or before start)."""
         return None if self._process is None else self._process.exitcode
 
-    def start(self, timeout: float = 120.0) -> Any:
-        """Start the child; return what it is ``ready`` with.
+    def spawn(self) -> ServiceProcess:
+        """Start the interpreter: it imports what its service needs (``preload``) while
+        the caller gets the spec ready for :meth:`start`."""
+        context = multiprocessing.get_context("spawn")
+        parent, child = context.Pipe()
+        level = logging.getLogger("citymodels").getEffectiveLevel()
+        self._process = context.Process(
+            target=_child_main,
+            args=(self._build, self._preload, child, level),
+            name=f"citymodels-{self.role}",
+        )
+        self._process.start()
+        child.close()
+        self._conn = parent
+        return self
+
+    def start(self, spec: Any, timeout: float = 120.0) -> Any:
+        """Build the service from ``spec`` in the child (spawned first if it is not);
+        return what it is ``ready`` with.
 
         Raises
         ------
@@ -173,18 +204,11 @@ class ServiceProcess:
         ChildFailed
             It died or did not get ready within ``timeout``.
         """
-        context = multiprocessing.get_context("spawn")
-        parent, child = context.Pipe()
-        level = logging.getLogger("citymodels").getEffectiveLevel()
-        self._process = context.Process(
-            target=_child_main,
-            args=(self._build, self._spec, child, level),
-            name=f"citymodels-{self.role}",
-        )
-        self._process.start()
-        child.close()
-        self._conn = parent
+        if self._process is None:
+            self.spawn()
+        assert self._conn is not None
         try:
+            self._conn.send(("build", spec))
             return self._receive(timeout, "start")
         except BaseException:
             self.kill()
@@ -302,6 +326,17 @@ class _AwsService:
 
     def close(self) -> None:
         self.server.stop()  # closes the app: the snapshot, the job workers
+
+
+def preload_aws() -> None:
+    """Import moto's server and the backends the template uses (the aws process's start)."""
+    from moto.backends import get_backend
+    from moto.moto_server import werkzeug_app  # noqa: F401
+
+    from citymodels_devkit.local import aws  # noqa: F401
+
+    for service in ("s3", "dynamodb", "sqs", "events", "cloudwatch", "logs", "iam", "ssm"):
+        get_backend(service)
 
 
 def serve_aws(spec: AwsSpec) -> _AwsService:
@@ -443,6 +478,13 @@ class _EndpointService:
         self.endpoint.close()
 
 
+def preload_endpoint() -> None:
+    """Import the endpoint and boto3 (the endpoint process's start)."""
+    import boto3  # noqa: F401
+
+    from citymodels_devkit.local import mme  # noqa: F401
+
+
 def serve_endpoint(spec: EndpointSpec) -> _EndpointService:
     """Build the endpoint process's service (runs in the child)."""
     return _EndpointService(spec)
@@ -465,6 +507,8 @@ __all__ = [
     "PortInUse",
     "ServiceProcess",
     "listen",
+    "preload_aws",
+    "preload_endpoint",
     "serve_aws",
     "serve_endpoint",
     "split_s3",

@@ -49,6 +49,8 @@ from citymodels_devkit.local.processes import (
     PortInUse,
     ServiceProcess,
     listen,
+    preload_aws,
+    preload_endpoint,
     serve_aws,
     serve_endpoint,
 )
@@ -176,6 +178,10 @@ class LocalStack:
                 CREDENTIALS | {"AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION},
                 only_missing=True,
             )
+            # Both interpreters start now (with the credentials above) and import what
+            # they need while this one reads the template; each gets its spec when wanted.
+            self._aws = ServiceProcess("aws", serve_aws, preload_aws).spawn()
+            self._endpoint = ServiceProcess("endpoint", serve_endpoint, preload_endpoint).spawn()
             overrides = {**LOCAL_IMAGES, **opts.parameter_overrides}
             # A first reading names the resources the AWS endpoint must know about.
             probe = resolve_template(
@@ -193,9 +199,7 @@ class LocalStack:
             # Each queue's receiver holds a moto thread during its long poll: size moto's
             # pool for them plus the handlers' own calls, or calls queue behind polls.
             pollers = len(probe.rules) + len(probe.queue_sources)
-            self._aws = ServiceProcess(
-                "aws",
-                serve_aws,
+            ready: AwsReady = self._aws.start(
                 AwsSpec(
                     host=opts.host,
                     port=opts.aws_port,
@@ -205,9 +209,8 @@ class LocalStack:
                     state_dir=opts.state_dir if opts.persist else None,
                     fresh=opts.fresh,
                     snapshot_interval=opts.snapshot_interval_seconds,
-                ),
+                )
             )
-            ready: AwsReady = self._aws.start()
             self.restored = ready.restored
             if self.restored is not None and not self.restored.empty:
                 log.info(
@@ -229,8 +232,7 @@ class LocalStack:
                 extra_attributes={"Bootstrap": published},
             )
             self.stack = stack
-            self._endpoint = ServiceProcess("endpoint", serve_endpoint, self._endpoint_spec(stack))
-            endpoint_url = self.endpoint_url = self._endpoint.start()
+            endpoint_url = self.endpoint_url = self._endpoint.start(self._endpoint_spec(stack))
             self._aws.call("register_endpoint", stack.endpoint_name, endpoint_url)
 
             env = FunctionHost.environment(stack)
