@@ -141,7 +141,7 @@ class RequestTrace:
     @staticmethod
     def caller(name: str, user_agent: bytes) -> str:
         """Who made a request: ``application``, ``platform``, ``local`` or ``bench``."""
-        from citymodels_devkit.local.sagemaker_jobs import JOBS_AGENT
+        from citymodels_devkit.local.sagemaker.runner import JOBS_AGENT
         from citymodels_devkit.local.stack import LOCAL_STACK_AGENT
 
         if b"cm-bench-client" in user_agent:
