@@ -30,6 +30,7 @@ from citymodels_devkit.linear_learner import LinearLearnerModel, Normalization, 
 from citymodels_devkit.local.mme import (
     ENDPOINTS_NAMESPACE,
     SAGEMAKER_NAMESPACE,
+    EndpointOptions,
     InvokeResult,
     ModelArtifactMissing,
     MultiModelEndpoint,
@@ -130,10 +131,15 @@ def make_endpoint(
 ) -> Iterator[Callable[..., MultiModelEndpoint]]:
     made: list[MultiModelEndpoint] = []
 
-    def make(**options: Any) -> MultiModelEndpoint:
-        options.setdefault("preprocessor_dir_or_artifact", preprocessor)
-        options.setdefault("cache_dir", tmp_path / f"cache{len(made)}")
-        endpoint = MultiModelEndpoint(ENDPOINT, fetch_model=artifacts.fetch, **options)
+    def make(preprocessor_model: Any = preprocessor, **options: Any) -> MultiModelEndpoint:
+        """An endpoint with ``preprocessor_model`` and ``EndpointOptions(**options)``."""
+        endpoint = MultiModelEndpoint(
+            ENDPOINT,
+            fetch_model=artifacts.fetch,
+            preprocessor=preprocessor_model,
+            cache_dir=tmp_path / f"cache{len(made)}",
+            options=EndpointOptions(**options),
+        )
         made.append(endpoint)
         return endpoint
 
@@ -615,7 +621,7 @@ def test_preprocessor_code_comes_from_the_artifact(make_endpoint, artifacts, tmp
     artifact.write_bytes(preprocessor_artifact(source))
     name, _ = artifacts.add("Chicago_IL", 10)
     path_before = list(sys.path)
-    endpoint = make_endpoint(preprocessor_dir_or_artifact=artifact)
+    endpoint = make_endpoint(artifact)
     # WHEN two rows are sent
     result = endpoint.invoke(name, f"{CSV_ROW}\n{CSV_ROW}\n".encode(), "text/csv", "")
     # THEN the artifact's code answered, and importing it left sys.path alone
@@ -635,7 +641,7 @@ def test_preprocessor_for_another_schema_refuses_to_start(tmp_path, artifacts) -
         MultiModelEndpoint(
             ENDPOINT,
             fetch_model=artifacts.fetch,
-            preprocessor_dir_or_artifact=model_dir,
+            preprocessor=model_dir,
             cache_dir=tmp_path / "cache",
         )
 

@@ -87,17 +87,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from citymodels_devkit.archives import extract_safely
 from citymodels_devkit.linear_learner import InferenceError, LinearLearnerModel, load_model
 from citymodels_devkit.paths import load_container_module
+
+if TYPE_CHECKING:
+    from citymodels_devkit.local.stack import LocalOptions
 
 __all__ = [
     "ENDPOINTS_NAMESPACE",
     "MAX_BODY_BYTES",
     "MAX_TARGET_MODEL_LENGTH",
     "SAGEMAKER_NAMESPACE",
+    "EndpointOptions",
     "EndpointStats",
     "InvokeResult",
     "ModelArtifactMissing",
@@ -433,26 +437,12 @@ class _Preprocessor:
     model_dir: Path
 
 
-class MultiModelEndpoint:
-    """A local SageMaker multi-model endpoint serving [preprocessor → Linear Learner].
+@dataclass(frozen=True)
+class EndpointOptions:
+    """How a :class:`MultiModelEndpoint` runs: its bounds, its instance, its waits.
 
-    Parameters
+    Attributes
     ----------
-    name
-        The endpoint name (metrics' ``EndpointName``, log group, messages).
-    fetch_model
-        ``fetch_model(target_model)`` returns the artifact bytes of a target model (the
-        local stack reads ``s3://{DataBucket}/mme/{target_model}``). It raises
-        :class:`ModelArtifactMissing` when there is none; any other exception is a failed
-        download. Called on a background thread, at most once at a time per model.
-    preprocessor_dir_or_artifact
-        The preprocessor model: its ``model.tar.gz`` (path or bytes), or a directory
-        holding its extracted content. A directory without ``code/inference.py`` uses the
-        repository's ``preprocessing/inference.py``.
-    cache_dir
-        The disk tier (``models/``) and the extracted preprocessor (``preprocessor/``,
-        replaced at start). Created if missing; model artifacts left in ``models/`` by an
-        earlier endpoint are removed (a fresh instance starts with an empty disk).
     max_models
         At most this many models in memory (``None``: no count bound).
     max_memory_mb
@@ -466,31 +456,116 @@ class MultiModelEndpoint:
     high_water_mark
         ``MemoryUtilization`` (percent) a load may not push the instance above: models
         are evicted before it would.
-    load_wait_seconds
-        How long a request waits for its model to download and load before it gets
-        ModelNotReadyException (SageMaker waits 60 s).
-    variant_name
-        The production variant (``x-Amzn-Invoked-Production-Variant``, ``VariantName``).
-    clock
-        Seconds, monotonic: measures the metrics' durations.
-    wall_clock
-        Seconds since the epoch: the metrics' timestamps.
-    disk_capacity_mb
-        Size of the disk tier's volume, the denominator of ``DiskUtilization``.
     model_overhead_mb
         Added to every model's size estimate, to stand for the per-model memory of a real
         container (a Linear Learner model in its container costs far more than its
         weights); 0 by default.
+    disk_capacity_mb
+        Size of the disk tier's volume, the denominator of ``DiskUtilization``.
+    load_wait_seconds
+        How long a request waits for its model to download and load before it gets
+        ModelNotReadyException (SageMaker waits 60 s).
     load_delay_seconds
         Test hook: every load sleeps this long (a slow download or LoadModel), to
         exercise ModelNotReadyException.
     load_workers
         Threads loading models in the background.
+    variant_name
+        The production variant (``x-Amzn-Invoked-Production-Variant``, ``VariantName``).
     container_hostnames
         The pipeline's ``ContainerHostname`` values (the template's), named in ModelError
         messages.
     region, account_id
         Named in ModelError messages and ``LogStreamArn``.
+    clock
+        Seconds, monotonic: measures the metrics' durations.
+    wall_clock
+        Seconds since the epoch: the metrics' timestamps.
+
+    Raises
+    ------
+    ValueError
+        A bound, size, wait or percentage out of its range.
+    """
+
+    max_models: int | None = None
+    max_memory_mb: float | None = None
+    instance_memory_mb: float = 16 * 1024
+    baseline_memory_mb: float = 0.0
+    high_water_mark: float = 90.0
+    model_overhead_mb: float = 0.0
+    disk_capacity_mb: float = 30 * 1024
+    load_wait_seconds: float = 60.0
+    load_delay_seconds: float = 0.0
+    load_workers: int = 4
+    variant_name: str = "AllTraffic"
+    container_hostnames: tuple[str, str] = ("preprocessor", "linear-learner")
+    region: str = "us-east-1"
+    account_id: str = "123456789012"
+    clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], float] = time.time
+
+    def __post_init__(self) -> None:
+        if self.max_models is not None and self.max_models < 1:
+            raise ValueError(f"max_models must be at least 1, got {self.max_models}")
+        if self.max_memory_mb is not None and self.max_memory_mb <= 0:
+            raise ValueError(f"max_memory_mb must be positive, got {self.max_memory_mb}")
+        if self.instance_memory_mb <= 0 or self.disk_capacity_mb <= 0:
+            raise ValueError("instance_memory_mb and disk_capacity_mb must be positive")
+        if not 0 < self.high_water_mark <= 100:
+            raise ValueError(
+                f"high_water_mark is a percentage in (0, 100], got {self.high_water_mark}"
+            )
+        if self.load_wait_seconds < 0 or self.load_delay_seconds < 0 or self.baseline_memory_mb < 0:
+            raise ValueError("load_wait_seconds, load_delay_seconds and baseline_memory_mb >= 0")
+
+    @classmethod
+    def from_local(
+        cls, options: LocalOptions, *, container_hostnames: tuple[str, str]
+    ) -> EndpointOptions:
+        """The endpoint options of a local stack run with ``options``.
+
+        Parameters
+        ----------
+        options
+            The stack's options (``mme_max_models``, ``instance_memory_mb``...).
+        container_hostnames
+            The template's ``ContainerHostname`` values of the pipeline.
+        """
+        return cls(
+            max_models=options.mme_max_models,
+            max_memory_mb=options.mme_max_memory_mb,
+            instance_memory_mb=options.instance_memory_mb,
+            baseline_memory_mb=options.baseline_memory_mb,
+            model_overhead_mb=options.model_overhead_mb,
+            load_wait_seconds=options.load_wait_seconds,
+            load_delay_seconds=options.load_delay_seconds,
+            container_hostnames=container_hostnames,
+        )
+
+
+class MultiModelEndpoint:
+    """A local SageMaker multi-model endpoint serving [preprocessor → Linear Learner].
+
+    Parameters
+    ----------
+    name
+        The endpoint name (metrics' ``EndpointName``, log group, messages).
+    fetch_model
+        ``fetch_model(target_model)`` returns the artifact bytes of a target model (the
+        local stack reads ``s3://{DataBucket}/mme/{target_model}``). It raises
+        :class:`ModelArtifactMissing` when there is none; any other exception is a failed
+        download. Called on a background thread, at most once at a time per model.
+    preprocessor
+        The preprocessor model: its ``model.tar.gz`` (path or bytes), or a directory
+        holding its extracted content. A directory without ``code/inference.py`` uses the
+        repository's ``preprocessing/inference.py``.
+    cache_dir
+        The disk tier (``models/``) and the extracted preprocessor (``preprocessor/``,
+        replaced at start). Created if missing; model artifacts left in ``models/`` by an
+        earlier endpoint are removed (a fresh instance starts with an empty disk).
+    options
+        Bounds, instance, waits (:class:`EndpointOptions`; its defaults if omitted).
     """
 
     def __init__(
@@ -498,52 +573,23 @@ class MultiModelEndpoint:
         name: str,
         *,
         fetch_model: Callable[[str], bytes],
-        preprocessor_dir_or_artifact: str | os.PathLike[str] | bytes,
+        preprocessor: str | os.PathLike[str] | bytes,
         cache_dir: str | os.PathLike[str],
-        max_models: int | None = None,
-        max_memory_mb: float | None = None,
-        instance_memory_mb: float = 16 * 1024,
-        baseline_memory_mb: float = 0.0,
-        high_water_mark: float = 90.0,
-        load_wait_seconds: float = 60.0,
-        variant_name: str = "AllTraffic",
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
-        disk_capacity_mb: float = 30 * 1024,
-        model_overhead_mb: float = 0.0,
-        load_delay_seconds: float = 0.0,
-        load_workers: int = 4,
-        container_hostnames: tuple[str, str] = ("preprocessor", "linear-learner"),
-        region: str = "us-east-1",
-        account_id: str = "123456789012",
+        options: EndpointOptions | None = None,
     ) -> None:
-        if max_models is not None and max_models < 1:
-            raise ValueError(f"max_models must be at least 1, got {max_models}")
-        if max_memory_mb is not None and max_memory_mb <= 0:
-            raise ValueError(f"max_memory_mb must be positive, got {max_memory_mb}")
-        if instance_memory_mb <= 0 or disk_capacity_mb <= 0:
-            raise ValueError("instance_memory_mb and disk_capacity_mb must be positive")
-        if not 0 < high_water_mark <= 100:
-            raise ValueError(f"high_water_mark is a percentage in (0, 100], got {high_water_mark}")
-        if load_wait_seconds < 0 or load_delay_seconds < 0 or baseline_memory_mb < 0:
-            raise ValueError("load_wait_seconds, load_delay_seconds and baseline_memory_mb >= 0")
+        options = options or EndpointOptions()
         self.name = name
-        self.variant_name = variant_name
+        self.options = options
+        self.variant_name = options.variant_name
         self._fetch = fetch_model
-        self._max_models = max_models
-        self._max_memory_bytes = None if max_memory_mb is None else max_memory_mb * _MB
-        self._instance_bytes = instance_memory_mb * _MB
-        self._baseline_bytes = baseline_memory_mb * _MB
-        self._high_water_mark = high_water_mark
-        self._load_wait = load_wait_seconds
-        self._load_delay = load_delay_seconds
-        self._disk_capacity_bytes = disk_capacity_mb * _MB
-        self._overhead_bytes = int(model_overhead_mb * _MB)
-        self._clock = clock
-        self._wall_clock = wall_clock
-        self._containers = container_hostnames
-        self._region = region
-        self._account_id = account_id
+        self._max_memory_bytes = (
+            None if options.max_memory_mb is None else options.max_memory_mb * _MB
+        )
+        self._instance_bytes = options.instance_memory_mb * _MB
+        self._baseline_bytes = options.baseline_memory_mb * _MB
+        self._disk_capacity_bytes = options.disk_capacity_mb * _MB
+        self._overhead_bytes = int(options.model_overhead_mb * _MB)
+        self._clock = options.clock
         self._log_group = f"/aws/sagemaker/Endpoints/{name}"
 
         cache_dir = Path(cache_dir)
@@ -554,12 +600,12 @@ class MultiModelEndpoint:
             # with an empty disk, and nothing else in the directory is touched.
             if _DISK_FILE.fullmatch(stale.name):
                 stale.unlink(missing_ok=True)
-        self._pre = _load_preprocessor(preprocessor_dir_or_artifact, cache_dir / "preprocessor")
+        self._pre = _load_preprocessor(preprocessor, cache_dir / "preprocessor")
         self._pre_input_fn = self._pre.module.input_fn
         self._pre_predict_fn = self._pre.module.predict_fn
         self._pre_output_fn = self._pre.module.output_fn
         self._ok_headers: tuple[tuple[bytes, bytes], ...] = (
-            (b"x-amzn-invoked-production-variant", variant_name.encode("latin-1")),
+            (b"x-amzn-invoked-production-variant", self.variant_name.encode("latin-1")),
         )
 
         # Everything below is guarded by _lock, which is never held during I/O or a load.
@@ -579,7 +625,7 @@ class MultiModelEndpoint:
         self._not_ready = 0
         self._load_failures = 0
         self._executor = ThreadPoolExecutor(
-            max_workers=load_workers, thread_name_prefix=f"mme-{name}-load"
+            max_workers=options.load_workers, thread_name_prefix=f"mme-{name}-load"
         )
 
     # -- invocation -------------------------------------------------------------------
@@ -643,7 +689,7 @@ class MultiModelEndpoint:
         if isinstance(pending, _Entry):  # loaded since the lock-free look: a hit after all
             return self._serve(target_model, pending, body, content_type, accept, started, hit=True)
         try:
-            entry = pending.result(timeout=self._load_wait)
+            entry = pending.result(timeout=self.options.load_wait_seconds)
         except FutureTimeoutError:
             return self._not_ready_result(target_model, started)
         except _LoadFailed as failure:
@@ -755,12 +801,13 @@ class MultiModelEndpoint:
             429,
             "ModelNotReadyException",
             f"Model {target_model} is not ready: it is still being downloaded or loaded "
-            f"after {self._load_wait:g} s. Retry the request.",
+            f"after {self.options.load_wait_seconds:g} s. Retry the request.",
         )
 
     def _model_error(self, container: int, original_status: int, message: str) -> InvokeResult:
         kind = "client" if original_status < 500 else "server"
-        region = self._region
+        options = self.options
+        region, account_id = options.region, options.account_id
         console = (
             f"https://{region}.console.aws.amazon.com/cloudwatch/home?region={region}"
             f"#logEventViewer:group={self._log_group}"
@@ -768,12 +815,13 @@ class MultiModelEndpoint:
         return InvokeResult.error(
             424,
             "ModelError",
-            f"Received {kind} error ({original_status}) from {self._containers[container]} "
-            f'with message "{message}". See {console} in account {self._account_id} '
+            f"Received {kind} error ({original_status}) from "
+            f"{options.container_hostnames[container]} "
+            f'with message "{message}". See {console} in account {account_id} '
             "for more information.",
             OriginalStatusCode=original_status,
             OriginalMessage=message,
-            LogStreamArn=f"arn:aws:logs:{region}:{self._account_id}:log-group:{self._log_group}",
+            LogStreamArn=f"arn:aws:logs:{region}:{account_id}:log-group:{self._log_group}",
             ErrorCode=f"{kind.upper()}_ERROR_FROM_MODEL",
         )
 
@@ -818,8 +866,8 @@ class MultiModelEndpoint:
         if data is None:
             data = self._download(target_model, path)
             load_started = self._clock()
-        if self._load_delay:
-            time.sleep(self._load_delay)
+        if self.options.load_delay_seconds:
+            time.sleep(self.options.load_delay_seconds)
         try:
             model = load_model(data)
         except Exception as err:
@@ -912,13 +960,13 @@ class MultiModelEndpoint:
         self._memory_bytes += entry.nbytes
 
     def _over_bounds(self, incoming: int) -> bool:
-        if self._max_models is not None and len(self._models) >= self._max_models:
+        if self.options.max_models is not None and len(self._models) >= self.options.max_models:
             return True
         after = self._memory_bytes + incoming
         if self._max_memory_bytes is not None and after > self._max_memory_bytes:
             return True
         utilization = (self._baseline_bytes + after) / self._instance_bytes * 100
-        return utilization > self._high_water_mark
+        return utilization > self.options.high_water_mark
 
     # -- metrics and stats ------------------------------------------------------------
 
@@ -947,7 +995,7 @@ class MultiModelEndpoint:
             loaded = len(self._models)
             memory = self._memory_utilization()
             disk = self._disk_utilization()
-        timestamp = datetime.fromtimestamp(self._wall_clock(), UTC)
+        timestamp = datetime.fromtimestamp(self.options.wall_clock(), UTC)
         dimensions = [
             {"Name": "EndpointName", "Value": self.name},
             {"Name": "VariantName", "Value": self.variant_name},

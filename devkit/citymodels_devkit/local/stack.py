@@ -40,7 +40,7 @@ import boto3
 from citymodels_devkit.local.apigw import ApiGateway
 from citymodels_devkit.local.aws import LocalAwsServer, build_aws_app
 from citymodels_devkit.local.lambdas import EventRouter, FunctionHost
-from citymodels_devkit.local.mme import ModelArtifactMissing, MultiModelEndpoint
+from citymodels_devkit.local.mme import EndpointOptions, ModelArtifactMissing, MultiModelEndpoint
 from citymodels_devkit.local.persistence import Restored
 from citymodels_devkit.local.template import ACCOUNT_ID, REGION, ResolvedTemplate, resolve_template
 from citymodels_devkit.paths import REPO_ROOT
@@ -380,18 +380,14 @@ class LocalStack:
         return MultiModelEndpoint(
             stack.endpoint_name,
             fetch_model=fetch,
-            preprocessor_dir_or_artifact=artifact,
+            preprocessor=artifact,
             cache_dir=cache_dir,
-            max_models=opts.mme_max_models,
-            max_memory_mb=opts.mme_max_memory_mb,
-            instance_memory_mb=opts.instance_memory_mb,
-            baseline_memory_mb=opts.baseline_memory_mb,
-            model_overhead_mb=opts.model_overhead_mb,
-            load_wait_seconds=opts.load_wait_seconds,
-            load_delay_seconds=opts.load_delay_seconds,
-            container_hostnames=(
-                str(preprocessor.get("ContainerHostname", "preprocessor")),
-                str(mme.get("ContainerHostname", "model")),
+            options=EndpointOptions.from_local(
+                opts,
+                container_hostnames=(
+                    str(preprocessor.get("ContainerHostname", "preprocessor")),
+                    str(mme.get("ContainerHostname", "model")),
+                ),
             ),
         )
 
