@@ -36,7 +36,11 @@ from pathlib import Path
 import numpy as np
 
 from citymodels_devkit.linear_learner import LinearLearnerModel, fit, load_model
-from citymodels_devkit.local.mme import EndpointOptions, ModelArtifactMissing, MultiModelEndpoint
+from citymodels_devkit.local.mme.models import (
+    EndpointOptions,
+    ModelArtifactMissing,
+    MultiModelEndpoint,
+)
 from citymodels_devkit.paths import load_container_module
 
 CSV_BODY = b"1995,3000,3,2,1.0,2,y,n\n"

@@ -27,15 +27,14 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from citymodels_devkit.linear_learner import LinearLearnerModel, Normalization, load_model
-from citymodels_devkit.local.mme import (
-    ENDPOINTS_NAMESPACE,
-    SAGEMAKER_NAMESPACE,
+from citymodels_devkit.local.mme.metrics import ENDPOINTS_NAMESPACE, SAGEMAKER_NAMESPACE
+from citymodels_devkit.local.mme.models import (
     EndpointOptions,
-    InvokeResult,
     ModelArtifactMissing,
     MultiModelEndpoint,
     estimate_model_bytes,
 )
+from citymodels_devkit.local.mme.responses import InvokeResult
 from citymodels_devkit.paths import LAYER_DIR, PREPROCESSING_DIR, load_container_module
 
 ENDPOINT = "cmtest-endpoint"

@@ -40,7 +40,11 @@ import boto3
 from citymodels_devkit.local.apigw import ApiGateway
 from citymodels_devkit.local.aws import LocalAwsServer, build_aws_app
 from citymodels_devkit.local.lambdas import EventRouter, FunctionHost
-from citymodels_devkit.local.mme import EndpointOptions, ModelArtifactMissing, MultiModelEndpoint
+from citymodels_devkit.local.mme.models import (
+    EndpointOptions,
+    ModelArtifactMissing,
+    MultiModelEndpoint,
+)
 from citymodels_devkit.local.persistence import Restored
 from citymodels_devkit.local.template import ACCOUNT_ID, REGION, ResolvedTemplate, resolve_template
 from citymodels_devkit.paths import REPO_ROOT

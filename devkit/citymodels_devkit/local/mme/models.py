@@ -1,84 +1,21 @@
-"""The local multi-model endpoint (MME): the inference pipeline with SageMaker's MME semantics.
+"""The local MME's endpoint: its tiers, its loads, the pipeline run, its counters.
 
-:class:`MultiModelEndpoint` behaves like a SageMaker endpoint running the inference
-pipeline [scikit-learn preprocessor container → Linear Learner in MultiModel mode]
-(docs/design.md §4): the local stack's ASGI front calls :meth:`MultiModelEndpoint.invoke` for
-every ``POST /endpoints/{name}/invocations`` and sends :meth:`InvokeResult.render`'s
-answer back, which boto3's ``sagemaker-runtime`` client parses like AWS's.
-
-**The pipeline.** The preprocessor is loaded once, from its artifact (``model.tar.gz``
-holding ``preprocessor.json`` and ``code/inference.py`` with ``code/citymodels/``),
-exactly as the scikit-learn container does it: ``code/inference.py`` is imported from the
-extracted directory, ``model_fn(model_dir)`` runs once, then every request goes through
-``input_fn`` → ``predict_fn`` → ``output_fn`` (CSV, the container's
-``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT``), and the CSV goes to the target model's
-:meth:`~citymodels_devkit.linear_learner.LinearLearnerModel.invoke`.
-
-**The MME.** A target model is loaded on its first call and kept in two tiers:
-
-- *memory*: loaded models, least recently used first out. A load evicts until the new
-  model fits every configured bound: ``max_models``, ``max_memory_mb`` (sum of the
-  loaded models' sizes, see :func:`estimate_model_bytes`) and ``high_water_mark`` (the
-  ``MemoryUtilization`` the load would cause). A model bigger than the bounds on its own
-  still loads, alone.
-- *disk*: the downloaded artifacts in ``cache_dir``. A model evicted from memory reloads
-  from disk without a new download, as on SageMaker; the disk tier is bounded by
-  ``disk_capacity_mb`` (artifacts of unloaded models go first, least recently used).
-
-Concurrent first calls for one model share one download and one load (single flight).
-Loads run on background threads: a request that waits longer than ``load_wait_seconds``
-gets ``ModelNotReadyException`` (429) while the load carries on, and later calls succeed.
-
-**Errors** (the wire format is in :meth:`InvokeResult.render`):
-
-====================================  ============  ====================================
-what                                  HTTP / code   detail
-====================================  ============  ====================================
-bad TargetModel, body over 6 MB       400 ValidationError
-artifact missing or not downloadable  400 ValidationError  "Failed to download model data ... for target model ..."
-artifact not a loadable model         424 ModelError   OriginalStatusCode 500, from ``linear-learner``
-preprocessor rejects the rows         424 ModelError   OriginalStatusCode 400, from ``preprocessor``; the message names row and field
-Linear Learner rejects the features   424 ModelError   OriginalStatusCode 400, from ``linear-learner``
-still loading after the wait          429 ModelNotReadyException
-====================================  ============  ====================================
-
-One deliberate difference from AWS: the real scikit-learn container (sagemaker-containers'
-``Transformer``) maps only ``UnsupportedFormatError`` to a 4xx; a ``ValueError`` from
-``input_fn`` becomes Flask's HTML ``500 Internal Server Error``, so on AWS the caller gets
-ModelError with OriginalStatusCode 500 and no field name. Locally it is 400 with the
-preprocessor's message, which is what the container means. Clients must not rely on
-either: the predict function validates rows before it calls the endpoint.
-
-**Metrics** (:meth:`MultiModelEndpoint.drain_metrics`), under their AWS names, units and
-dimensions (``EndpointName``, ``VariantName``): in ``AWS/SageMaker`` the per-invocation
-``Invocations``, ``ModelCacheHit`` (1 hit, 0 miss: Average is the hit ratio),
-``ModelLatency``, ``Invocation4XXErrors``, ``Invocation5XXErrors`` and, when they happen,
-``ModelLoadingWaitTime``, ``ModelDownloadingTime``, ``ModelLoadingTime``,
-``ModelUnloadingTime`` (microseconds), as statistic sets; in ``/aws/sagemaker/Endpoints``
-the gauges ``LoadedModelCount``, ``MemoryUtilization`` and ``DiskUtilization`` (percent),
-sampled when drained.
-
-The hot path (a loaded model) takes no lock but one short critical section for the LRU
-order and the metric sums, logs nothing and copies nothing.
+:class:`MultiModelEndpoint` answers InvokeEndpoint for a target model: from memory
+when the model is loaded (the hot path), else after loading it (single flight, on a
+loader thread, from the disk tier or a download), within the bounds of its
+:class:`EndpointOptions`. The package's docstring says what it promises; what a client
+gets is built in :mod:`.responses`, the metrics in :mod:`.metrics`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
-import io
-import json
 import logging
-import math
 import os
 import re
-import shutil
 import sys
-import tarfile
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -87,23 +24,25 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final
 
-from citymodels_devkit.archives import extract_safely
 from citymodels_devkit.linear_learner import InferenceError, LinearLearnerModel, load_model
-from citymodels_devkit.paths import load_container_module
+from citymodels_devkit.local.mme import responses
+from citymodels_devkit.local.mme.metrics import EndpointStats, MetricsWindow
+from citymodels_devkit.local.mme.preprocessor import load_preprocessor
+from citymodels_devkit.local.mme.responses import (
+    BODY_TOO_LARGE,
+    JSON,
+    MAX_BODY_BYTES,
+    InvokeResult,
+    target_model_problem,
+)
 
 if TYPE_CHECKING:
     from citymodels_devkit.local.stack import LocalOptions
 
 __all__ = [
-    "ENDPOINTS_NAMESPACE",
-    "MAX_BODY_BYTES",
-    "MAX_TARGET_MODEL_LENGTH",
-    "SAGEMAKER_NAMESPACE",
     "EndpointOptions",
-    "EndpointStats",
-    "InvokeResult",
     "ModelArtifactMissing",
     "MultiModelEndpoint",
     "estimate_model_bytes",
@@ -111,17 +50,7 @@ __all__ = [
 
 log = logging.getLogger("citymodels.local.mme")
 
-SAGEMAKER_NAMESPACE: Final = "AWS/SageMaker"
-"""Namespace of the invocation and model-loading metrics."""
-ENDPOINTS_NAMESPACE: Final = "/aws/sagemaker/Endpoints"
-"""Namespace of the instance metrics (LoadedModelCount, Memory/DiskUtilization)."""
-MAX_TARGET_MODEL_LENGTH: Final = 1024
-"""InvokeEndpoint's limit on TargetModel (botocore's service model)."""
-MAX_BODY_BYTES: Final = 6 * 1024 * 1024
-"""InvokeEndpoint's limit on the request body (botocore's service model: 6 MB)."""
-
 _MB: Final = 1024 * 1024
-_JSON: Final = "application/json"
 _PIPELINE_ACCEPT: Final = "text/csv"  # the preprocessor's SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT
 _DISK_FILE: Final = re.compile(r"[0-9a-f]{64}\.tar\.gz(?:\.part)?")
 
@@ -139,150 +68,6 @@ class ModelArtifactMissing(LookupError):
     def __init__(self, location: str = "") -> None:
         super().__init__(location)
         self.location = location
-
-
-class InvokeResult(NamedTuple):
-    """One InvokeEndpoint answer: success or one of the MME's errors.
-
-    Immutable (a named tuple: built on every request, it must cost next to nothing; a
-    frozen dataclass costs ~2 µs here), and shared by every request waiting on one
-    failed load.
-
-    Attributes
-    ----------
-    status
-        HTTP status: 200, or 400 (ValidationError), 424 (ModelError), 429
-        (ModelNotReadyException).
-    body
-        The response body: the model's answer, or the error's JSON document.
-    content_type
-        The body's media type.
-    headers
-        Further response headers (lower-case names, ready for ASGI), e.g.
-        ``x-amzn-invoked-production-variant`` or ``x-amzn-errortype``.
-    error_code
-        ``None`` on success, else the error code botocore reports as
-        ``response["Error"]["Code"]``.
-    message
-        The error message (``response["Error"]["Message"]``), ``None`` on success.
-    original_status_code
-        A ModelError's ``OriginalStatusCode`` (the failing container's status).
-    """
-
-    status: int
-    body: bytes
-    content_type: str
-    headers: tuple[tuple[bytes, bytes], ...] = ()
-    error_code: str | None = None
-    message: str | None = None
-    original_status_code: int | None = None
-
-    @property
-    def ok(self) -> bool:
-        """Whether this is a successful answer (HTTP 200)."""
-        return self.status == 200
-
-    def render(self, request_id: str | None = None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        """Return the HTTP response: status, headers, body.
-
-        The wire format is sagemaker-runtime's (``rest-json``): an error carries its code in
-        ``x-amzn-ErrorType`` and a JSON body with ``Message``; a ModelError's body also has
-        ``OriginalStatusCode``, ``OriginalMessage``, ``LogStreamArn`` and ``ErrorCode``,
-        which botocore puts at the top level of ``ClientError.response``. A success
-        carries ``x-Amzn-Invoked-Production-Variant``.
-
-        Parameters
-        ----------
-        request_id
-            The ``x-amzn-RequestId`` header; a random UUID when omitted.
-
-        Returns
-        -------
-        tuple of (int, list of (bytes, bytes), bytes)
-            Status, headers (lower-case names, as ASGI's ``http.response.start`` wants)
-            and body.
-        """
-        headers = [
-            (b"content-type", self.content_type.encode("latin-1")),
-            *self.headers,
-            (b"content-length", str(len(self.body)).encode()),
-            (b"x-amzn-requestid", (request_id or str(uuid.uuid4())).encode("latin-1")),
-        ]
-        return self.status, headers, self.body
-
-    @classmethod
-    def error(cls, status: int, code: str, message: str, **fields: Any) -> InvokeResult:
-        """Build an error answer with ``code`` (botocore's ``Error.Code``) and a message.
-
-        Parameters
-        ----------
-        status
-            The HTTP status (400 ValidationError, 424 ModelError, 429 ModelNotReadyException).
-        code
-            The error code, sent in ``x-amzn-ErrorType``.
-        message
-            The error message (``Message`` in the body).
-        **fields
-            Further members of the error document (ModelError's ``OriginalStatusCode``...).
-        """
-        document = {"Message": message, **fields}
-        return cls(
-            status=status,
-            body=json.dumps(document).encode(),
-            content_type=_JSON,
-            headers=((b"x-amzn-errortype", code.encode()),),
-            error_code=code,
-            message=message,
-            original_status_code=fields.get("OriginalStatusCode"),
-        )
-
-    @classmethod
-    def validation_error(cls, message: str) -> InvokeResult:
-        """A 400 ``ValidationError`` (also for the front's own checks, e.g. unknown endpoint)."""
-        return cls.error(400, "ValidationError", message)
-
-
-@dataclass(frozen=True)
-class EndpointStats:
-    """Counters and tiers of a :class:`MultiModelEndpoint` since it started.
-
-    Attributes
-    ----------
-    loaded_models
-        Target models in memory, least recently used first.
-    disk_models
-        Target models whose artifact is in the disk tier, least recently used first.
-    loads
-        Models loaded into memory (from a download or from disk).
-    downloads
-        Artifacts fetched (``fetch_model`` calls that returned bytes).
-    evictions
-        Models unloaded from memory to make room.
-    hits, misses
-        Invocations whose model was / was not loaded when they arrived.
-    not_ready
-        Invocations answered with ModelNotReadyException.
-    load_failures
-        Loads that failed (missing or corrupt artifact).
-    memory_bytes, disk_bytes
-        Sizes of the memory tier (model estimates) and the disk tier (artifact bytes).
-    memory_utilization, disk_utilization
-        The ``MemoryUtilization`` and ``DiskUtilization`` metrics (percent) now.
-    """
-
-    loaded_models: tuple[str, ...]
-    disk_models: tuple[str, ...]
-    loads: int
-    downloads: int
-    evictions: int
-    hits: int
-    misses: int
-    not_ready: int
-    load_failures: int
-    memory_bytes: int
-    disk_bytes: int
-    memory_utilization: float
-    disk_utilization: float
 
 
 def estimate_model_bytes(model: object) -> int:
@@ -323,95 +108,6 @@ def estimate_model_bytes(model: object) -> int:
     return total
 
 
-class _Stat:
-    """A CloudWatch statistic set being accumulated."""
-
-    __slots__ = ("count", "maximum", "minimum", "total")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.total = 0.0
-        self.minimum = math.inf
-        self.maximum = -math.inf
-
-    def add(self, value: float) -> None:
-        self.count += 1
-        self.total += value
-        if value < self.minimum:
-            self.minimum = value
-        if value > self.maximum:
-            self.maximum = value
-
-    def values(self) -> dict[str, float]:
-        """CloudWatch's ``StatisticValues``."""
-        return {
-            "SampleCount": float(self.count),
-            "Sum": self.total,
-            "Minimum": self.minimum if self.count else 0.0,
-            "Maximum": self.maximum if self.count else 0.0,
-        }
-
-
-class _Window:
-    """The ``AWS/SageMaker`` metrics since the last drain.
-
-    The per-invocation 0/1 metrics are plain counters (their statistic sets follow from
-    the number of samples and of ones); durations are full statistic sets.
-    """
-
-    __slots__ = (
-        "cache_hits",
-        "cache_samples",
-        "downloading",
-        "errors_4xx",
-        "errors_5xx",
-        "invocations",
-        "latency",
-        "loading",
-        "outcomes",
-        "unloading",
-        "waiting",
-    )
-
-    def __init__(self) -> None:
-        self.invocations = 0
-        self.cache_samples = 0
-        self.cache_hits = 0
-        self.outcomes = 0  # invocations that reached a container: the 4XX/5XX samples
-        self.errors_4xx = 0
-        self.errors_5xx = 0
-        self.latency = _Stat()
-        self.waiting = _Stat()
-        self.downloading = _Stat()
-        self.loading = _Stat()
-        self.unloading = _Stat()
-
-    def statistic_sets(self) -> list[tuple[str, str, dict[str, float]]]:
-        """Return (metric name, unit, StatisticValues) for the metrics that had samples."""
-        sets = [
-            ("Invocations", "None", _ones(self.invocations, self.invocations)),
-            ("ModelCacheHit", "None", _ones(self.cache_samples, self.cache_hits)),
-            ("ModelLatency", "Microseconds", self.latency.values()),
-            ("Invocation4XXErrors", "None", _ones(self.outcomes, self.errors_4xx)),
-            ("Invocation5XXErrors", "None", _ones(self.outcomes, self.errors_5xx)),
-            ("ModelLoadingWaitTime", "Microseconds", self.waiting.values()),
-            ("ModelDownloadingTime", "Microseconds", self.downloading.values()),
-            ("ModelLoadingTime", "Microseconds", self.loading.values()),
-            ("ModelUnloadingTime", "Microseconds", self.unloading.values()),
-        ]
-        return [(name, unit, values) for name, unit, values in sets if values["SampleCount"]]
-
-
-def _ones(samples: int, ones: int) -> dict[str, float]:
-    """The statistic set of ``samples`` values that are 1 ``ones`` times and 0 otherwise."""
-    return {
-        "SampleCount": float(samples),
-        "Sum": float(ones),
-        "Minimum": 1.0 if samples and ones == samples else 0.0,
-        "Maximum": 1.0 if ones else 0.0,
-    }
-
-
 @dataclass(frozen=True, slots=True)
 class _Entry:
     """A model in the memory tier."""
@@ -426,15 +122,6 @@ class _LoadFailed(Exception):
     def __init__(self, result: InvokeResult) -> None:
         super().__init__(result.message)
         self.result = result
-
-
-@dataclass(frozen=True)
-class _Preprocessor:
-    """The pipeline's first container: its handler module and the model ``model_fn`` built."""
-
-    module: ModuleType
-    model: object
-    model_dir: Path
 
 
 @dataclass(frozen=True)
@@ -600,7 +287,7 @@ class MultiModelEndpoint:
             # with an empty disk, and nothing else in the directory is touched.
             if _DISK_FILE.fullmatch(stale.name):
                 stale.unlink(missing_ok=True)
-        self._pre = _load_preprocessor(preprocessor, cache_dir / "preprocessor")
+        self._pre = load_preprocessor(preprocessor, cache_dir / "preprocessor")
         self._pre_input_fn = self._pre.module.input_fn
         self._pre_predict_fn = self._pre.module.predict_fn
         self._pre_output_fn = self._pre.module.output_fn
@@ -616,7 +303,7 @@ class MultiModelEndpoint:
         self._disk: OrderedDict[str, int] = OrderedDict()
         self._memory_bytes = 0
         self._disk_bytes = 0
-        self._window = _Window()
+        self._window = MetricsWindow()
         self._loads = 0
         self._downloads = 0
         self._evictions = 0
@@ -631,7 +318,7 @@ class MultiModelEndpoint:
     # -- invocation -------------------------------------------------------------------
 
     def invoke(
-        self, target_model: str, body: bytes, content_type: str, accept: str = _JSON
+        self, target_model: str, body: bytes, content_type: str, accept: str = JSON
     ) -> InvokeResult:
         """Answer one InvokeEndpoint request for ``target_model``. Thread-safe.
 
@@ -656,10 +343,7 @@ class MultiModelEndpoint:
         """
         started = self._clock()
         if len(body) > MAX_BODY_BYTES:
-            return self._rejected(
-                f"1 validation error detected: Value at 'body' failed to satisfy constraint: "
-                f"Member must have length less than or equal to {MAX_BODY_BYTES}"
-            )
+            return self._rejected(BODY_TOO_LARGE)
         entry = self._models.get(target_model)
         if entry is None:
             return self._invoke_cold(target_model, body, content_type, accept, started)
@@ -682,7 +366,7 @@ class MultiModelEndpoint:
     def _invoke_cold(
         self, target_model: str, body: bytes, content_type: str, accept: str, started: float
     ) -> InvokeResult:
-        problem = _target_model_problem(target_model)
+        problem = target_model_problem(target_model)
         if problem is not None:
             return self._rejected(problem)
         pending = self._entry_or_flight(target_model)
@@ -768,7 +452,7 @@ class MultiModelEndpoint:
             features = features.encode()
         # Container 2: Linear Learner, serving the target model.
         try:
-            answer, answer_type = model.invoke(features, features_type, accept or _JSON)
+            answer, answer_type = model.invoke(features, features_type, accept or JSON)
         except InferenceError as err:
             return self._model_error(1, 400, str(err))
         except Exception as err:
@@ -776,7 +460,7 @@ class MultiModelEndpoint:
         return InvokeResult(200, answer, answer_type, self._ok_headers)
 
     @staticmethod
-    def _count_error(window: _Window, original_status_code: int) -> None:
+    def _count_error(window: MetricsWindow, original_status_code: int) -> None:
         # Under _lock. Invocation4XX/5XXErrors count what the model (a container) answered.
         if original_status_code >= 500:
             window.errors_5xx += 1
@@ -797,32 +481,17 @@ class MultiModelEndpoint:
             window.invocations += 1
             window.cache_samples += 1
             window.waiting.add(waited)
-        return InvokeResult.error(
-            429,
-            "ModelNotReadyException",
-            f"Model {target_model} is not ready: it is still being downloaded or loaded "
-            f"after {self.options.load_wait_seconds:g} s. Retry the request.",
-        )
+        return responses.model_not_ready(target_model, self.options.load_wait_seconds)
 
     def _model_error(self, container: int, original_status: int, message: str) -> InvokeResult:
-        kind = "client" if original_status < 500 else "server"
         options = self.options
-        region, account_id = options.region, options.account_id
-        console = (
-            f"https://{region}.console.aws.amazon.com/cloudwatch/home?region={region}"
-            f"#logEventViewer:group={self._log_group}"
-        )
-        return InvokeResult.error(
-            424,
-            "ModelError",
-            f"Received {kind} error ({original_status}) from "
-            f"{options.container_hostnames[container]} "
-            f'with message "{message}". See {console} in account {account_id} '
-            "for more information.",
-            OriginalStatusCode=original_status,
-            OriginalMessage=message,
-            LogStreamArn=f"arn:aws:logs:{region}:{account_id}:log-group:{self._log_group}",
-            ErrorCode=f"{kind.upper()}_ERROR_FROM_MODEL",
+        return responses.model_error(
+            options.container_hostnames[container],
+            original_status,
+            message,
+            region=options.region,
+            account_id=options.account_id,
+            log_group=self._log_group,
         )
 
     # -- loading ----------------------------------------------------------------------
@@ -839,9 +508,7 @@ class MultiModelEndpoint:
                 raise
             # Not the artifact's fault (a full disk, a bug): the service's own 500.
             log.exception("loading target model %s failed", target_model)
-            raise _LoadFailed(
-                InvokeResult.error(500, "InternalFailure", f"Loading {target_model} failed: {err}")
-            ) from err
+            raise _LoadFailed(responses.load_failed(target_model, err)) from err
         with self._lock:
             # Insertion and the end of the single flight are one step: a request arriving
             # now finds the model, never neither.
@@ -888,20 +555,9 @@ class MultiModelEndpoint:
         try:
             data = self._fetch(target_model)
         except ModelArtifactMissing as err:
-            where = f" from {err.location}" if err.location else ""
-            raise _LoadFailed(
-                InvokeResult.validation_error(
-                    f"Failed to download model data for target model {target_model}{where}. "
-                    "Please ensure that there is an object located at the URL and that the "
-                    "role passed to CreateModel has permissions to download the model."
-                )
-            ) from None
+            raise _LoadFailed(responses.artifact_missing(target_model, err.location)) from None
         except Exception as err:
-            raise _LoadFailed(
-                InvokeResult.validation_error(
-                    f"Failed to download model data for target model {target_model}: {err}"
-                )
-            ) from None
+            raise _LoadFailed(responses.download_failed(target_model, err)) from None
         downloading = (self._clock() - started) * 1e6
         partial = path.with_name(path.name + ".part")  # one loader per model at a time
         partial.write_bytes(data)
@@ -991,43 +647,18 @@ class MultiModelEndpoint:
             dimensions.
         """
         with self._lock:
-            window, self._window = self._window, _Window()
+            window, self._window = self._window, MetricsWindow()
             loaded = len(self._models)
             memory = self._memory_utilization()
             disk = self._disk_utilization()
-        timestamp = datetime.fromtimestamp(self.options.wall_clock(), UTC)
-        dimensions = [
-            {"Name": "EndpointName", "Value": self.name},
-            {"Name": "VariantName", "Value": self.variant_name},
-        ]
-        invocation_data = [
-            {
-                "MetricName": name,
-                "Dimensions": dimensions,
-                "Timestamp": timestamp,
-                "StatisticValues": values,
-                "Unit": unit,
-            }
-            for name, unit, values in window.statistic_sets()
-        ]
-        instance_data = [
-            {
-                "MetricName": name,
-                "Dimensions": dimensions,
-                "Timestamp": timestamp,
-                "Value": value,
-                "Unit": unit,
-            }
-            for name, value, unit in (
-                ("LoadedModelCount", float(loaded), "None"),
-                ("MemoryUtilization", memory, "Percent"),
-                ("DiskUtilization", disk, "Percent"),
-            )
-        ]
-        batches = [{"Namespace": ENDPOINTS_NAMESPACE, "MetricData": instance_data}]
-        if invocation_data:
-            batches.insert(0, {"Namespace": SAGEMAKER_NAMESPACE, "MetricData": invocation_data})
-        return batches
+        return window.batches(
+            endpoint_name=self.name,
+            variant_name=self.variant_name,
+            timestamp=datetime.fromtimestamp(self.options.wall_clock(), UTC),
+            loaded_models=loaded,
+            memory_utilization=memory,
+            disk_utilization=disk,
+        )
 
     def stats(self) -> EndpointStats:
         """Return the counters and the tiers' contents now."""
@@ -1065,79 +696,3 @@ class MultiModelEndpoint:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _target_model_problem(target_model: str) -> str | None:
-    """Return why ``target_model`` is not acceptable, or ``None``."""
-    if not target_model:
-        return (
-            "1 validation error detected: Value at 'targetModel' failed to satisfy "
-            "constraint: Member must have length greater than or equal to 1 "
-            "(a multi-model endpoint needs the X-Amzn-SageMaker-Target-Model header)"
-        )
-    if len(target_model) > MAX_TARGET_MODEL_LENGTH:
-        return (
-            "1 validation error detected: Value at 'targetModel' failed to satisfy "
-            f"constraint: Member must have length less than or equal to {MAX_TARGET_MODEL_LENGTH}"
-        )
-    if target_model[0].isspace() or not target_model.isprintable():
-        return (
-            f"1 validation error detected: Value {target_model[:100]!r} at 'targetModel' "
-            "failed to satisfy constraint: Member must satisfy regular expression pattern: "
-            "\\A\\S[\\p{Print}]*\\z"
-        )
-    if ".." in target_model or target_model.startswith("/"):
-        return (
-            f"TargetModel {target_model[:100]!r} is not valid: it must be a path relative "
-            "to the model data prefix, without '..'"
-        )
-    return None
-
-
-def _load_preprocessor(source: str | os.PathLike[str] | bytes, work_dir: Path) -> _Preprocessor:
-    """Load the preprocessor model as the scikit-learn container does."""
-    if isinstance(source, bytes) or Path(source).is_file():
-        data = source if isinstance(source, bytes) else Path(source).read_bytes()
-        if work_dir.exists():
-            shutil.rmtree(work_dir)
-        work_dir.mkdir(parents=True)
-        try:
-            with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-                extract_safely(tar, work_dir)
-        except (tarfile.TarError, OSError, EOFError) as err:
-            raise ValueError(f"the preprocessor artifact is not a readable tar.gz: {err}") from None
-        model_dir = work_dir
-    else:
-        model_dir = Path(source)
-        if not model_dir.is_dir():
-            raise FileNotFoundError(f"preprocessor {model_dir} is neither a file nor a directory")
-    entry_point = model_dir / "code" / "inference.py"
-    module = _import_entry_point(entry_point) if entry_point.is_file() else None
-    if module is None:
-        module = load_container_module("inference")
-    model = module.model_fn(str(model_dir))
-    return _Preprocessor(module=module, model=model, model_dir=model_dir)
-
-
-def _import_entry_point(path: Path) -> ModuleType:
-    """Import the artifact's ``code/inference.py`` (its ``SAGEMAKER_PROGRAM``)."""
-    # The entry point puts its own directory first on sys.path to import the shipped
-    # ``citymodels``. In this process that package is already imported (the layer), so
-    # it is reused, and sys.path is restored after the import: the extracted copy must
-    # not shadow anything else for the rest of the process.
-    importlib.import_module("citymodels")
-    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
-    spec = importlib.util.spec_from_file_location(f"citymodels_mme_inference_{digest}", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    saved_path = list(sys.path)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = saved_path
-    for name in ("model_fn", "input_fn", "predict_fn", "output_fn"):
-        if not callable(getattr(module, name, None)):
-            raise ImportError(f"{path} does not define {name}()")
-    return module
