@@ -36,7 +36,11 @@ from pathlib import Path
 import numpy as np
 
 from citymodels_devkit.linear_learner import LinearLearnerModel, fit, load_model
-from citymodels_devkit.local.mme import ModelArtifactMissing, MultiModelEndpoint
+from citymodels_devkit.local.mme.models import (
+    EndpointOptions,
+    ModelArtifactMissing,
+    MultiModelEndpoint,
+)
 from citymodels_devkit.paths import load_container_module
 
 CSV_BODY = b"1995,3000,3,2,1.0,2,y,n\n"
@@ -158,9 +162,8 @@ def main() -> int:
         (root / "preprocessor").mkdir()
         preprocessor_dir = root / "preprocessor"
         endpoint = MultiModelEndpoint(
-            "bench", fetch_model=fetch, preprocessor_dir_or_artifact=preprocessor_dir,
-            cache_dir=root / "cache",
-        )  # fmt: skip
+            "bench", fetch_model=fetch, preprocessor=preprocessor_dir, cache_dir=root / "cache"
+        )
         model = load_model(objects[names[0]])
         preprocessor = inference.model_fn(str(preprocessor_dir))
 
@@ -191,8 +194,8 @@ def main() -> int:
             stats = endpoint.stats()
 
         reload_endpoint = MultiModelEndpoint(
-            "bench-reload", fetch_model=fetch, preprocessor_dir_or_artifact=preprocessor_dir,
-            cache_dir=root / "cache-reload", max_models=10,
+            "bench-reload", fetch_model=fetch, preprocessor=preprocessor_dir,
+            cache_dir=root / "cache-reload", options=EndpointOptions(max_models=10),
         )  # fmt: skip
         with reload_endpoint:
             invokes(reload_endpoint, names, CSV_BODY, "text/csv")  # first pass downloads

@@ -142,7 +142,7 @@ class RequestTrace:
     def caller(name: str, user_agent: bytes) -> str:
         """Who made a request: ``application``, ``platform``, ``local`` or ``bench``."""
         from citymodels_devkit.local.processes import LOCAL_STACK_AGENT
-        from citymodels_devkit.local.sagemaker_jobs import JOBS_AGENT
+        from citymodels_devkit.local.sagemaker.runner import JOBS_AGENT
 
         if b"cm-bench-client" in user_agent:
             return "bench"

@@ -24,7 +24,7 @@ from rich.console import Console
 
 from citymodels_devkit import cli, demo, metrics, plots
 from citymodels_devkit.demo import DemoOptions, MemorySizing, run_demo
-from citymodels_devkit.local import mme
+from citymodels_devkit.local.mme import metrics as mme
 from citymodels_devkit.operations import OperationFailed
 from tests.aws import REGION
 

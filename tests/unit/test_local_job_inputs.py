@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from citymodels_devkit.local.sagemaker_jobs import ObjectCache, _download_prefix
+from citymodels_devkit.local.sagemaker.staging import ObjectCache, download_prefix
 from tests.aws import BUCKET, Aws
 
 
@@ -32,12 +32,12 @@ def test_unchanged_objects_are_read_once_and_a_changed_one_again(s3: Any, tmp_pa
         s3.put_object(Bucket=BUCKET, Key=f"artifacts/processing/{name}", Body=name.encode())
     cache, got = ObjectCache(), reads(s3)
     uri = f"s3://{BUCKET}/artifacts/processing/"
-    assert _download_prefix(s3, uri, tmp_path / "job1", cache) == 3
+    assert download_prefix(s3, uri, tmp_path / "job1", cache) == 3
     assert len(got) == 3
     # WHEN a second job downloads it after one file changed
     s3.put_object(Bucket=BUCKET, Key="artifacts/processing/preprocess.py", Body=b"v2")
     got.clear()
-    assert _download_prefix(s3, uri, tmp_path / "job2", cache) == 3
+    assert download_prefix(s3, uri, tmp_path / "job2", cache) == 3
     # THEN only the changed file is read, and every file is there with its content
     assert got == ["artifacts/processing/preprocess.py"]
     assert (tmp_path / "job2" / "preprocess.py").read_bytes() == b"v2"
@@ -48,7 +48,7 @@ def test_large_objects_are_streamed_and_never_kept(s3: Any, tmp_path: Path):
     s3.put_object(Bucket=BUCKET, Key="raw/City/big.csv", Body=b"x" * 2048)
     cache, got = ObjectCache(max_object=1024), reads(s3)
     for job in ("a", "b"):
-        _download_prefix(s3, f"s3://{BUCKET}/raw/City/big.csv", tmp_path / job, cache)
+        download_prefix(s3, f"s3://{BUCKET}/raw/City/big.csv", tmp_path / job, cache)
         assert (tmp_path / job / "big.csv").stat().st_size == 2048
     assert got == ["raw/City/big.csv", "raw/City/big.csv"]
 
@@ -75,8 +75,8 @@ def test_a_jobs_small_outputs_are_taken_by_the_next_job_without_reading_s3(
     # WHEN the training job, in another worker, downloads the split twice (run again)
     reader, got = ObjectCache(max_total=0, handoff=tmp_path / "handoff"), reads(s3)
     uri = f"s3://{BUCKET}/processed/City/run/train/"
-    assert _download_prefix(s3, uri, tmp_path / "job1", reader) == 1
-    assert _download_prefix(s3, uri, tmp_path / "job2", reader) == 1
+    assert download_prefix(s3, uri, tmp_path / "job1", reader) == 1
+    assert download_prefix(s3, uri, tmp_path / "job2", reader) == 1
     # THEN the first took the bytes left for it, the second read S3; both have them
     assert got == [key]
     for job in ("job1", "job2"):
@@ -92,14 +92,14 @@ def test_changed_bytes_under_the_same_key_are_never_taken(s3: Any, tmp_path: Pat
     s3.put_object(Bucket=BUCKET, Key=key, Body=b"new\n")
     # WHEN a job downloads it THEN it reads the new bytes from S3
     got = reads(s3)
-    _download_prefix(s3, f"s3://{BUCKET}/processed/City/run/test/", tmp_path / "job", cache)
+    download_prefix(s3, f"s3://{BUCKET}/processed/City/run/test/", tmp_path / "job", cache)
     assert got == [key]
     assert (tmp_path / "job" / "test.csv").read_bytes() == b"new\n"
 
 
 def test_a_training_jobs_sibling_channels_are_listed_once(s3: Any, tmp_path: Path) -> None:
     # GIVEN a run's three splits, each a channel of a training job
-    from citymodels_devkit.local.sagemaker_jobs import _download_training_inputs
+    from citymodels_devkit.local.sagemaker.staging import download_training_inputs
 
     prefix = "processed/City/run"
     for split in ("train", "validation", "test", "test-raw"):
@@ -116,7 +116,7 @@ def test_a_training_jobs_sibling_channels_are_listed_once(s3: Any, tmp_path: Pat
         for split in ("train", "validation", "test")
     ]
     # WHEN its inputs are downloaded
-    _download_training_inputs(s3, {"InputDataConfig": channels}, tmp_path, "us-east-1")
+    download_training_inputs(s3, {"InputDataConfig": channels}, tmp_path, "us-east-1")
     # THEN one listing served the three, and each channel holds its own split only
     assert lists == [f"{prefix}/"]
     for split in ("train", "validation", "test"):

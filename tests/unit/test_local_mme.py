@@ -27,14 +27,14 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from citymodels_devkit.linear_learner import LinearLearnerModel, Normalization, load_model
-from citymodels_devkit.local.mme import (
-    ENDPOINTS_NAMESPACE,
-    SAGEMAKER_NAMESPACE,
-    InvokeResult,
+from citymodels_devkit.local.mme.metrics import ENDPOINTS_NAMESPACE, SAGEMAKER_NAMESPACE
+from citymodels_devkit.local.mme.models import (
+    EndpointOptions,
     ModelArtifactMissing,
     MultiModelEndpoint,
     estimate_model_bytes,
 )
+from citymodels_devkit.local.mme.responses import InvokeResult
 from citymodels_devkit.paths import LAYER_DIR, PREPROCESSING_DIR, load_container_module
 
 ENDPOINT = "cmtest-endpoint"
@@ -130,10 +130,15 @@ def make_endpoint(
 ) -> Iterator[Callable[..., MultiModelEndpoint]]:
     made: list[MultiModelEndpoint] = []
 
-    def make(**options: Any) -> MultiModelEndpoint:
-        options.setdefault("preprocessor_dir_or_artifact", preprocessor)
-        options.setdefault("cache_dir", tmp_path / f"cache{len(made)}")
-        endpoint = MultiModelEndpoint(ENDPOINT, fetch_model=artifacts.fetch, **options)
+    def make(preprocessor_model: Any = preprocessor, **options: Any) -> MultiModelEndpoint:
+        """An endpoint with ``preprocessor_model`` and ``EndpointOptions(**options)``."""
+        endpoint = MultiModelEndpoint(
+            ENDPOINT,
+            fetch_model=artifacts.fetch,
+            preprocessor=preprocessor_model,
+            cache_dir=tmp_path / f"cache{len(made)}",
+            options=EndpointOptions(**options),
+        )
         made.append(endpoint)
         return endpoint
 
@@ -615,7 +620,7 @@ def test_preprocessor_code_comes_from_the_artifact(make_endpoint, artifacts, tmp
     artifact.write_bytes(preprocessor_artifact(source))
     name, _ = artifacts.add("Chicago_IL", 10)
     path_before = list(sys.path)
-    endpoint = make_endpoint(preprocessor_dir_or_artifact=artifact)
+    endpoint = make_endpoint(artifact)
     # WHEN two rows are sent
     result = endpoint.invoke(name, f"{CSV_ROW}\n{CSV_ROW}\n".encode(), "text/csv", "")
     # THEN the artifact's code answered, and importing it left sys.path alone
@@ -635,7 +640,7 @@ def test_preprocessor_for_another_schema_refuses_to_start(tmp_path, artifacts) -
         MultiModelEndpoint(
             ENDPOINT,
             fetch_model=artifacts.fetch,
-            preprocessor_dir_or_artifact=model_dir,
+            preprocessor=model_dir,
             cache_dir=tmp_path / "cache",
         )
 

@@ -23,13 +23,9 @@ from botocore.config import Config
 from citymodels_devkit.local.aws import AwsApp, LocalAwsServer, build_aws_app
 from citymodels_devkit.local.persistence import StateStore, StateUnreadable, read_journal
 from citymodels_devkit.local.s3events import MotoEventBus
-from citymodels_devkit.local.sagemaker_jobs import (
-    COMPLETED,
-    IN_PROGRESS,
-    RESTARTED_MESSAGE,
-    ContainerRun,
-    JobService,
-)
+from citymodels_devkit.local.sagemaker.executors import ContainerRun
+from citymodels_devkit.local.sagemaker.models import IN_PROGRESS, RESTARTED_MESSAGE, JobService
+from citymodels_devkit.local.sagemaker.runner import COMPLETED
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"

@@ -8,7 +8,7 @@
   model already in memory) is called on the event loop; anything else runs in a
   thread pool. An unknown endpoint gets SageMaker's ``ValidationError``.
 - The SageMaker job operations (``X-Amz-Target: SageMaker.CreateProcessingJob``...,
-  :data:`~.sagemaker_jobs.OPERATIONS`) go to the :class:`~.sagemaker_jobs.JobService`,
+  :data:`~.sagemaker.responses.OPERATIONS`) go to the :class:`~.sagemaker.models.JobService`,
   which runs the jobs and emits their state-change events; ``ListTags`` of its jobs too.
 - Everything else goes to moto, in-process: ``DomainDispatcherApplication(
   create_backend_app)`` under a2wsgi's ``WSGIMiddleware`` (a thread pool), with the
@@ -59,7 +59,9 @@ from citymodels_devkit.local.s3events import (
     S3EventEmitter,
     classify_s3_write,
 )
-from citymodels_devkit.local.sagemaker_jobs import OPERATIONS, JobService, SageMakerError
+from citymodels_devkit.local.sagemaker.exceptions import SageMakerError
+from citymodels_devkit.local.sagemaker.models import JobService
+from citymodels_devkit.local.sagemaker.responses import OPERATIONS
 
 __all__ = [
     "AwsApp",

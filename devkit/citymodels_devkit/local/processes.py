@@ -392,7 +392,11 @@ class _EndpointService:
         from botocore.config import Config
 
         from citymodels_devkit.local.aws import InvocationsApp
-        from citymodels_devkit.local.mme import ModelArtifactMissing, MultiModelEndpoint
+        from citymodels_devkit.local.mme.models import (
+            EndpointOptions,
+            ModelArtifactMissing,
+            MultiModelEndpoint,
+        )
         from citymodels_devkit.local.template import REGION
 
         opts = spec.options
@@ -424,16 +428,9 @@ class _EndpointService:
         self.endpoint = MultiModelEndpoint(
             spec.name,
             fetch_model=fetch,
-            preprocessor_dir_or_artifact=artifact,
+            preprocessor=artifact,
             cache_dir=cache_dir,
-            max_models=opts.mme_max_models,
-            max_memory_mb=opts.mme_max_memory_mb,
-            instance_memory_mb=opts.instance_memory_mb,
-            baseline_memory_mb=opts.baseline_memory_mb,
-            model_overhead_mb=opts.model_overhead_mb,
-            load_wait_seconds=opts.load_wait_seconds,
-            load_delay_seconds=opts.load_delay_seconds,
-            container_hostnames=spec.hostnames,
+            options=EndpointOptions.from_local(opts, container_hostnames=spec.hostnames),
         )
         self.app = InvocationsApp()
         self.app.register_endpoint(spec.name, self.endpoint)
@@ -482,7 +479,7 @@ def preload_endpoint() -> None:
     """Import the endpoint and boto3 (the endpoint process's start)."""
     import boto3  # noqa: F401
 
-    from citymodels_devkit.local import mme  # noqa: F401
+    from citymodels_devkit.local.mme import models  # noqa: F401
 
 
 def serve_endpoint(spec: EndpointSpec) -> _EndpointService:

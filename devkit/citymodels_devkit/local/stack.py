@@ -4,7 +4,7 @@
 
 1. starts the aws process: one AWS endpoint (moto for what moto serves; SageMaker
    jobs that really run, in its worker processes; AWS-shaped S3 events; the kept
-   state) — :mod:`.processes`, :mod:`.aws`, :mod:`.sagemaker_jobs`, :mod:`.s3events`;
+   state) — :mod:`.processes`, :mod:`.aws`, :mod:`.sagemaker`, :mod:`.s3events`;
 2. creates the template's bucket, table and queues there, and runs the deployment's
    bootstrap (the processing code and the preprocessor artifact in S3);
 3. starts the endpoint process: the multi-model endpoint's invocations, which
@@ -39,7 +39,7 @@ import boto3
 from citymodels_devkit.local.apigw import ApiGateway
 from citymodels_devkit.local.aws import LocalAwsServer
 from citymodels_devkit.local.lambdas import EventRouter, FunctionHost
-from citymodels_devkit.local.mme import EndpointStats
+from citymodels_devkit.local.mme.metrics import EndpointStats
 from citymodels_devkit.local.persistence import Restored
 from citymodels_devkit.local.processes import (
     LOCAL_STACK_AGENT,
