@@ -673,6 +673,7 @@ class JobService:
             log_path=str(job.log_path),
             environment=environment,
             region=self.region,
+            keep_files=self.keep_job_dirs,
         )
         try:
             with self._lock:
@@ -711,6 +712,7 @@ class JobService:
         self._record(kept)
         self._put(event)
         if job.job_dir is not None and not self.keep_job_dirs:
+            # Its worker removed the job's files; what is left is at most a stop marker.
             shutil.rmtree(job.job_dir, ignore_errors=True)
 
     def _get(self, kind: str, name: str) -> _Job:

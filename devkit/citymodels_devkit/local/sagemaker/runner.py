@@ -29,6 +29,7 @@ import json
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import sys
 import threading
 import time
@@ -291,6 +292,7 @@ class WorkerJob:
     log_path: str
     environment: dict[str, str]
     region: str
+    keep_files: bool = False
 
 
 @dataclass
@@ -341,6 +343,8 @@ def _run_job(job: WorkerJob) -> WorkerResult:
                 f"{type(error).__name__}: {error}"
             )
         result.phases.append((result.status, time.time()))
+    if not job.keep_files:  # here, not in the service: its process serves every AWS call
+        shutil.rmtree(ml_root, ignore_errors=True)
     return result
 
 
