@@ -129,14 +129,19 @@ def memory_mb(pid: int | str = "self") -> dict[str, float | None]:
 def stack_roles(processes: dict[str, int]) -> dict[str, list[int]]:
     """The local stack's processes by role, from ``LocalStack.processes()``: ``functions``,
     ``aws``, ``endpoint`` (one pid each), ``job_workers`` (the aws process's spawned
-    children) and ``other`` (the rest below aws: multiprocessing's resource tracker).
-    The functions process's own children (a benchmark's client) are not the stack's."""
+    children) and ``other`` (multiprocessing's resource trackers, and anything else below
+    aws). The functions process's other children (a benchmark's client) are not the
+    stack's."""
     roles: dict[str, list[int]] = {role: [pid] for role, pid in processes.items()}
     roles["job_workers"], roles["other"] = [], []
     if "aws" in processes:
         for pid in descendant_pids(processes["aws"]):
             kind = "job_workers" if process_kind(pid) == "spawned" else "other"
             roles[kind].append(pid)
+    if "functions" in processes:  # it started the aws and endpoint processes
+        for pid in child_pids(processes["functions"]):
+            if process_kind(pid) == "resource tracker":
+                roles["other"].append(pid)
     return roles
 
 
