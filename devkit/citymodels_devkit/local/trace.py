@@ -31,15 +31,36 @@ from typing import Any
 
 SCOPE_KEY = "_cm_trace_moto_s"
 """Where the moto wrapper leaves its time for the request's ASGI scope."""
+OWN_KEY = "_cm_trace_moto_own_s"
+"""Where moto's own application leaves its time (without the DynamoDB lock's wait)."""
+
+
+class _TimedMoto:
+    """moto's WSGI application, timed: its own work, without waiting for the lock that
+    serialises DynamoDB calls (``_MotoEnviron``) or the journal."""
+
+    def __init__(self, app: Any) -> None:
+        self.inner = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return self.inner(environ, start_response)
+        finally:
+            scope = environ.get("asgi.scope")
+            if scope is not None:
+                scope[OWN_KEY] = time.perf_counter() - started
 
 
 class RequestTrace:
     """Counts and times every request of the aws process's AWS endpoint.
 
     For each operation: ``server`` time, from the request's arrival at the ASGI app to
-    its last response byte; for requests moto serves, ``moto`` time, inside moto's WSGI
+    its last response byte; for requests moto serves, ``moto`` time, inside the WSGI
     application (on an a2wsgi worker thread): the difference is waiting for a WSGI
-    thread and the ASGI/WSGI hand-offs.
+    thread and the ASGI/WSGI hand-offs; and ``moto_own``, inside moto's application
+    itself: for DynamoDB, ``moto`` minus ``moto_own`` is the wait for the lock that
+    serialises its calls (and the journal, when the state is kept).
 
     Parameters
     ----------
@@ -50,10 +71,11 @@ class RequestTrace:
     def __init__(self, apart: Mapping[str, str] | None = None) -> None:
         self.apart = {k.encode("latin-1"): v for k, v in (apart or {}).items()}
         self._lock = threading.Lock()
-        self._samples: dict[str, list[tuple[float, float | None]]] = defaultdict(list)
+        self._samples: dict[str, list[tuple[float, float | None, float | None]]] = defaultdict(list)
         self._callers: dict[tuple[str, str], list[float]] = defaultdict(list)
         self._since = time.perf_counter()
         self._originals: tuple[Any, Any] | None = None
+        self._timed: list[Any] = []  # the _MotoEnviron instances whose app is wrapped
 
     # -- switching on and off
 
@@ -74,6 +96,11 @@ class RequestTrace:
         trace = self
 
         def timed_moto(app: Any, environ: dict[str, Any], start_response: Any) -> Any:
+            if not isinstance(app.app, _TimedMoto):
+                with trace._lock:
+                    if not isinstance(app.app, _TimedMoto):
+                        app.app = _TimedMoto(app.app)
+                        trace._timed.append(app)
             started = time.perf_counter()
             try:
                 return original_moto(app, environ, start_response)
@@ -106,7 +133,9 @@ class RequestTrace:
                     recorded = True
                     elapsed = time.perf_counter() - started
                     with trace._lock:
-                        trace._samples[name].append((elapsed, scope.get(SCOPE_KEY)))
+                        trace._samples[name].append(
+                            (elapsed, scope.get(SCOPE_KEY), scope.get(OWN_KEY))
+                        )
                         trace._callers[(who, name)].append(elapsed)
 
             length: list[int] = []  # Content-Length, then the body bytes still to send
@@ -142,6 +171,11 @@ class RequestTrace:
             return
         aws.AwsApp.__call__, aws._MotoEnviron.__call__ = self._originals  # type: ignore[method-assign]
         self._originals = None
+        with self._lock:
+            for environ_app in self._timed:
+                if isinstance(environ_app.app, _TimedMoto):
+                    environ_app.app = environ_app.app.inner
+            self._timed.clear()
 
     def reset(self) -> None:
         """Forget what was counted; the window starts now."""
@@ -176,7 +210,8 @@ class RequestTrace:
         dict
             ``window_s``; ``operations``: per operation ``count``, ``server_s_total``,
             ``server_ms_p50``, ``mean_in_flight`` (server time over the window) and, for
-            moto's, ``moto_s_total`` and ``moto_ms_p50``, by server time, most first;
+            moto's, ``moto_s_total``, ``moto_ms_p50``, ``moto_own_s_total`` and
+            ``moto_own_ms_p50``, by server time, most first;
             ``callers``: per caller, ``count``, ``server_s_total`` and ``operations``
             (operation → count).
         """
@@ -188,6 +223,7 @@ class RequestTrace:
         for name, values in items.items():
             server = [v[0] for v in values]
             moto = [v[1] for v in values if v[1] is not None]
+            own = [v[2] for v in values if v[2] is not None]
             rows[name] = {
                 "count": len(values),
                 "server_s_total": sum(server),
@@ -197,6 +233,9 @@ class RequestTrace:
             if moto:
                 rows[name]["moto_ms_p50"] = statistics.median(moto) * 1e3
                 rows[name]["moto_s_total"] = sum(moto)
+            if own:
+                rows[name]["moto_own_ms_p50"] = statistics.median(own) * 1e3
+                rows[name]["moto_own_s_total"] = sum(own)
         by_caller: dict[str, Any] = {}
         for (who, name), times in sorted(callers.items()):
             entry = by_caller.setdefault(who, {"count": 0, "server_s_total": 0.0, "operations": {}})
@@ -256,4 +295,4 @@ class TraceControl:
 CONTROL = TraceControl()
 """This process's trace (what it patches is process-wide, so there is one)."""
 
-__all__ = ["CONTROL", "SCOPE_KEY", "RequestTrace", "TraceControl", "operation"]
+__all__ = ["CONTROL", "OWN_KEY", "SCOPE_KEY", "RequestTrace", "TraceControl", "operation"]
