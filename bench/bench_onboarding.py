@@ -412,12 +412,12 @@ def main() -> int:
                     measured["trace"] = stack.request_trace()
                     measured["invocations"] = stack.invocation_timings()
 
+            loads_before = stack.endpoint_stats().loads  # the first gates run during the drops
             cpu.start()
             first_drop = time.time()
             with ThreadPoolExecutor(args.upload_threads) as pool:
                 list(pool.map(drop, list(bodies)))
             uploads_s = time.time() - first_drop
-            loads_before = stack.endpoint_stats().loads
             runs, seen, missing = wait_all_published(
                 registry,
                 list(bodies),
