@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import claim_stdout, emit, local_options, machine, percentiles, run_client
+from common import claim_stdout, emit, loadavg, local_options, machine, percentiles, run_client
 
 HOUSE = {
     "YEAR_BUILT": 1995, "SQUARE_FEET": 2500, "NUM_BEDROOMS": 3, "NUM_BATHROOMS": 2.5,
@@ -278,6 +278,7 @@ def main() -> int:
     result = {
         "benchmark": "api",
         "machine": started_at,
+        "loadavg_at_end": loadavg(),
         "client": (
             f"httpx {httpx.__version__}, one persistent connection per route, sequential, "
             "in its own process"

@@ -1,5 +1,7 @@
 """What the benchmarks share: the machine they ran on, a clean stdout for their one JSON
-object, percentiles, a client in a process of its own, and the local stack's options.
+object, percentiles, a client in a process of its own, the local stack's options, and
+what ``/proc`` says of the stack's processes (CPU seconds, resident memory, each role's
+process tree).
 
 The scripts run as ``python bench/bench_X.py``, so this directory is on ``sys.path``
 and they import this module as ``common``.
@@ -40,8 +42,185 @@ def machine() -> dict[str, Any]:
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
-        "loadavg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "loadavg_at_start": loadavg(),
     }
+
+
+def loadavg() -> tuple[float, float, float] | None:
+    """The 1, 5 and 15 minute load averages now (None where unknown)."""
+    return os.getloadavg() if hasattr(os, "getloadavg") else None
+
+
+# -- the stack's processes (Linux /proc; empty answers elsewhere) ---------------------------
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu_s(pid: int | str = "self") -> float:
+    """User + system CPU seconds of a process so far (its own threads; children it has
+    waited for are not counted). 0.0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def child_pids(pid: int | str = "self") -> list[int]:
+    """A process's children (every thread's, from ``/proc/PID/task/*/children``)."""
+    found: set[int] = set()
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found.update(int(p) for p in children.read_text().split())
+        except OSError:
+            continue
+    return sorted(found)
+
+
+def descendant_pids(pid: int | str = "self") -> list[int]:
+    """Every process below ``pid`` (children, their children...), not ``pid`` itself."""
+    found: list[int] = []
+    todo = child_pids(pid)
+    while todo:
+        child = todo.pop()
+        if child not in found:
+            found.append(child)
+            todo.extend(child_pids(child))
+    return sorted(found)
+
+
+def process_kind(pid: int) -> str:
+    """What a Python child is, from its command line: ``resource tracker`` (multiprocessing's),
+    ``spawned`` (a ``spawn`` child: a job worker, under the aws process), else its name."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return "gone"
+    if b"resource_tracker" in cmdline:
+        return "resource tracker"
+    if b"spawn_main" in cmdline or b"forkserver" in cmdline:
+        return "spawned"
+    return cmdline.decode("utf-8", "replace").strip()[:80]
+
+
+def memory_mb(pid: int | str = "self") -> dict[str, float | None]:
+    """A process's resident memory now, MiB: ``rss`` (``/proc/PID/status`` VmRSS) and ``pss``
+    (``/proc/PID/smaps_rollup``: shared pages split among their sharers, so the PSS of
+    several processes adds up; None where that file is not readable)."""
+    rss: float | None = None
+    pss: float | None = None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) / 1024
+                break
+    except OSError:
+        pass
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                pss = int(line.split()[1]) / 1024
+                break
+    except OSError:
+        pass
+    return {"rss": rss, "pss": pss}
+
+
+def stack_roles(processes: dict[str, int]) -> dict[str, list[int]]:
+    """The local stack's processes by role, from ``LocalStack.processes()``: ``functions``,
+    ``aws``, ``endpoint`` (one pid each), ``job_workers`` (the aws process's spawned
+    children) and ``other`` (multiprocessing's resource trackers, and anything else below
+    aws). The functions process's other children (a benchmark's client) are not the
+    stack's."""
+    roles: dict[str, list[int]] = {role: [pid] for role, pid in processes.items()}
+    roles["job_workers"], roles["other"] = [], []
+    if "aws" in processes:
+        for pid in descendant_pids(processes["aws"]):
+            kind = "job_workers" if process_kind(pid) == "spawned" else "other"
+            roles[kind].append(pid)
+    if "functions" in processes:  # it started the aws and endpoint processes
+        for pid in child_pids(processes["functions"]):
+            if process_kind(pid) == "resource tracker":
+                roles["other"].append(pid)
+    return roles
+
+
+class CpuWindow:
+    """CPU seconds of each process of the local stack over a window: :meth:`start`, then
+    :meth:`stop` returns, per role, CPU seconds and average cores (the job workers also
+    each), and the total.
+
+    Parameters
+    ----------
+    processes
+        ``LocalStack.processes()``.
+    """
+
+    def __init__(self, processes: dict[str, int]) -> None:
+        self.processes = processes
+        self._before: dict[int, float] = {}
+        self._started = 0.0
+
+    def start(self) -> None:
+        import time
+
+        roles = stack_roles(self.processes)
+        self._before = {pid: process_cpu_s(pid) for pids in roles.values() for pid in pids}
+        self._started = time.monotonic()
+
+    def stop(self) -> dict[str, Any]:
+        import time
+
+        window = time.monotonic() - self._started
+        roles = stack_roles(self.processes)
+
+        def used(pid: int) -> float:  # a process born in the window counts from 0
+            return process_cpu_s(pid) - self._before.get(pid, 0.0)
+
+        result: dict[str, Any] = {"window_s": window}
+        total = 0.0
+        for role in ("functions", "aws", "endpoint", "job_workers", "other"):
+            pids = roles.get(role, [])
+            if not pids and role in ("job_workers", "other"):
+                continue
+            each = {str(pid): used(pid) for pid in pids}
+            seconds = sum(each.values())
+            total += seconds
+            entry: dict[str, Any] = {"cpu_s": seconds, "cores": seconds / window}
+            if role in ("job_workers", "other"):
+                entry["each_cpu_s"] = each
+            else:
+                entry["pid"] = pids[0]
+            result[role] = entry
+        result["total"] = {"cpu_s": total, "cores": total / window}
+        return result
+
+
+def stack_memory(processes: dict[str, int]) -> dict[str, Any]:
+    """Resident memory (MiB) of every process of the local stack now, by role (job workers
+    each and summed), and the sum over all of them (``rss`` double-counts shared pages,
+    ``pss`` does not)."""
+    roles = stack_roles(processes)
+    result: dict[str, Any] = {}
+    sums: dict[str, float | None] = {"rss": 0.0, "pss": 0.0}
+    for role, pids in roles.items():
+        if not pids:
+            continue
+        each = {pid: memory_mb(pid) for pid in pids}
+        entry: dict[str, Any] = {}
+        for key in ("rss", "pss"):
+            values = [m[key] for m in each.values()]
+            value = None if any(v is None for v in values) else sum(v for v in values if v)
+            entry[key] = value
+            total = sums[key]
+            sums[key] = None if value is None or total is None else total + value
+        if role in ("job_workers", "other"):
+            entry["each"] = {str(pid): m for pid, m in each.items()}
+        else:
+            entry["pid"] = pids[0]
+        result[role] = entry
+    result["sum"] = sums
+    return result
 
 
 def claim_stdout() -> TextIO:

@@ -320,6 +320,14 @@ class _AwsService:
             self.app.checkpoint()
         elif name == "children":
             return _children(os.getpid())
+        elif name == "trace_start":  # (apart,): trace every request from now on (.trace)
+            from citymodels_devkit.local.trace import CONTROL
+
+            CONTROL.start(*args)
+        elif name == "trace_report":  # (stop,): what was traced; stop tracing if asked
+            from citymodels_devkit.local.trace import CONTROL
+
+            return CONTROL.take(*args)
         else:
             raise ChildFailed(f"unknown command {name!r}")
         return None

@@ -388,6 +388,21 @@ class LocalStack:
                 return f"the local stack's {process.role} process ended (exit code {process.exit_code})"
         return None
 
+    def request_trace(
+        self, *, start: bool = False, apart: Mapping[str, str] | None = None
+    ) -> dict[str, Any] | None:
+        """Count and time every request the aws process serves, by operation and caller
+        (diagnostics, off until started: :mod:`.trace`). ``start=True`` starts afresh,
+        counting User-Agents containing a key of ``apart`` as that caller; otherwise the
+        report since then is returned (None if never started) and tracing stops."""
+        if self._aws is None:
+            raise RuntimeError("the local stack is not running")
+        if start:
+            self._aws.call("trace_start", dict(apart or {}))
+            return None
+        report: dict[str, Any] | None = self._aws.call("trace_report", True)
+        return report
+
     def processes(self) -> dict[str, int]:
         """The stack's processes by role: ``functions`` (this one: the functions, their
         event routing and the HTTP API), ``aws`` and ``endpoint``; the job workers are
