@@ -1,7 +1,8 @@
 # citymodels — the two commands: `make demo` and `make test`.
 # Both work on a fresh clone with nothing but one CPython 3.11 (3.11.2 and later), 3.12 or
-# 3.13: they create .venv themselves (and .venv-sam, for the SAM CLI, when `make test`
-# checks the template; .venv-py3.X for the unit tests on each other Python found).
+# 3.13: they create .venv themselves (and .venv-sam, for the SAM CLI, and .venv-checkov when
+# `make test` checks the template; .venv-py3.X for the unit tests on each other Python found).
+# `make test` runs its checks TEST_JOBS (2) at a time: see `test` below.
 
 SHELL := /bin/bash
 
@@ -21,6 +22,10 @@ LAMBDA_PYTHON = $(eval LAMBDA_PYTHON := $(shell $(BOOTSTRAP) tools/pythons.py fi
 
 VENV := .venv
 BIN := $(VENV)/bin
+# Every pip run: quiet, no look-up of a newer pip, and no byte-compiling of every module
+# installed (half of pip's CPU time for .venv's set, measured): Python compiles the ones
+# that are imported, when they first are, and keeps the .pyc.
+PIP_INSTALL := -m pip install --quiet --disable-pip-version-check --no-compile
 PINS_SUM := $(shell cksum < pyproject.toml | cut -d' ' -f1)
 # A venv is brought up to date when the pins change, and made anew for another Python.
 STAMP := $(VENV)/.installed-$(PINS_SUM)-py$(PY_VERSION)
@@ -32,8 +37,8 @@ define make-venv
 @want=$$($(2) -c 'import platform; print(platform.python_version())') && \
 	have=$$($(1)/bin/python -c 'import platform; print(platform.python_version())' 2>/dev/null); \
 	if [ "$$want" != "$$have" ]; then echo "$(1): Python $$want ($(2))"; rm -rf $(1); $(2) -m venv $(1) || exit 1; fi
-$(1)/bin/python -m pip install --quiet --upgrade pip
-$(1)/bin/python -m pip install --quiet -e '.[$(3)]'
+$(1)/bin/python $(PIP_INSTALL) --upgrade pip
+$(1)/bin/python $(PIP_INSTALL) -e '.[$(3)]'
 @rm -f $(1)/.installed-*
 endef
 
@@ -57,13 +62,15 @@ CONTAINER_PY := 3.9
 .PHONY: demo test lint typecheck unit container-check bench clean help venv sam-venv pythons \
 	layer-requirements template-check cfn-lint sam-validate sam-build-check build deploy \
 	checkov checkov-venv \
-	unit-other-pythons unit-on
+	unit-other-pythons unit-on unit-on-others
 
 help:
 	@echo "make demo     - set up .venv and run the demo on the local stack"
-	@echo "make test     - set up .venv (and .venv-sam) and run lint, type checks, the whole"
-	@echo "                test suite and the template checks (cfn-lint, sam validate, sam build),"
-	@echo "                then the unit tests on each other supported Python found"
+	@echo "make test     - set up .venv (and .venv-sam, .venv-checkov) and run lint, type checks,"
+	@echo "                the whole test suite, the template checks (cfn-lint, sam validate,"
+	@echo "                sam build, checkov) and the unit tests on each other supported Python"
+	@echo "                found, two at a time (TEST_JOBS=1: one after another); each check's"
+	@echo "                output is printed whole when it ends"
 	@echo "make pythons  - the Pythons found here, and which ones make uses (PYTHON=... to choose)"
 	@echo "make bench    - run the benchmarks (JSON on stdout)"
 	@echo "make build    - sam build into .aws-sam/build (what sam deploy uploads)"
@@ -86,8 +93,8 @@ define tool-venv
 @test -n "$(PYTHON_EXE)" || exit 1
 @rm -rf $(1)
 $(PYTHON_EXE) -m venv $(1)
-$(1)/bin/python -m pip install --quiet --upgrade pip
-$(1)/bin/python -m pip install --quiet '$(2)==$(3)'
+$(1)/bin/python $(PIP_INSTALL) --upgrade pip
+$(1)/bin/python $(PIP_INSTALL) '$(2)==$(3)'
 @touch $@
 endef
 
@@ -134,27 +141,51 @@ unit: $(STAMP)
 
 # The unit tests again on every other supported Python found here, one per version (the
 # lowest patch release found: Debian 12's 3.11.2 rather than a later 3.11), each in a
-# .venv-py3.X of its own. The whole suite runs on .venv's Python (`unit`).
+# .venv-py3.X of its own. The whole suite runs on .venv's Python (`unit`). A make of its
+# own (below) has one unit-on-3.X target per Python, so that under -j (`make test`) one
+# Python's tests run while the next one's venv is made, or beside another's tests.
 unit-other-pythons: $(STAMP)
 	@others=$$($(BOOTSTRAP) tools/pythons.py others --primary $(PYTHON_EXE)); \
-	if [ -z "$$others" ]; then echo "unit tests on other Pythons: none found besides $(PY_VERSION)"; fi; \
-	while read -r version exe; do \
-		[ -n "$$exe" ] || continue; \
-		$(MAKE) --no-print-directory unit-on OTHER_PYTHON=$$exe PYTHON_EXE=$(PYTHON_EXE) || exit 1; \
-	done <<< "$$others"
+	if [ -z "$$others" ]; then echo "unit tests on other Pythons: none found besides $(PY_VERSION)"; exit 0; fi; \
+	$(MAKE) --no-print-directory unit-on-others PYTHON_EXE=$(PYTHON_EXE) \
+		OTHER_PYTHONS="$$(while read -r version exe; do [ -z "$$exe" ] || printf '%s=%s ' "$$version" "$$exe"; done <<< "$$others")"
 
+# `make unit-on OTHER_PYTHON=/path/to/python3.X`: the unit tests on that one Python.
 ifdef OTHER_PYTHON
-OTHER_VERSION := $(shell $(OTHER_PYTHON) -c 'import platform; print(platform.python_version())')
-OTHER_VENV := $(VENV)-py$(basename $(OTHER_VERSION))
-OTHER_STAMP := $(OTHER_VENV)/.installed-$(PINS_SUM)-py$(OTHER_VERSION)
-
-$(OTHER_STAMP): pyproject.toml
-	$(call make-venv,$(OTHER_VENV),$(OTHER_PYTHON),dev)
-	@touch $@
-
-unit-on: $(OTHER_STAMP)
-	$(OTHER_VENV)/bin/python -m pytest tests/unit -q -p no:cacheprovider
+OTHER_PYTHONS := $(shell $(OTHER_PYTHON) -c 'import platform; print(platform.python_version())')=$(OTHER_PYTHON)
+unit-on: unit-on-others
 endif
+
+# OTHER_PYTHONS: VERSION=EXE words (3.11.2=/usr/bin/python3.11). Each Python gets a
+# .venv-py3.X and a target unit-on-3.X. This project is installed into one venv at a time,
+# each after .venv (order-only prerequisites): setuptools writes citymodels.egg-info into
+# the source tree, and two editable installs at once could read each other's half-written
+# metadata. Installing the dependencies, the long part, is in the same step, so each
+# Python's venv waits for the previous one's; its tests need not.
+ifdef OTHER_PYTHONS
+other-stamp = $(VENV)-py$(basename $(1))/.installed-$(PINS_SUM)-py$(1)
+
+# $(call other-python-rules,VERSION,EXE,STAMP BEFORE IT)
+define other-python-rules
+$(call other-stamp,$(1)): pyproject.toml | $(3)
+	$$(call make-venv,$(VENV)-py$(basename $(1)),$(2),dev)
+	@touch $$@
+
+unit-on-$(basename $(1)): $(call other-stamp,$(1))
+	$(VENV)-py$(basename $(1))/bin/python -m pytest tests/unit -q -p no:cacheprovider
+endef
+
+other-before := $(STAMP)
+define add-other-python
+$(eval $(call other-python-rules,$(1),$(2),$(other-before)))
+$(eval other-before := $(call other-stamp,$(1)))
+$(eval unit-on-others: unit-on-$(basename $(1)))
+$(eval .PHONY: unit-on-$(basename $(1)))
+endef
+$(foreach p,$(OTHER_PYTHONS),$(call add-other-python,$(firstword $(subst =, ,$(p))),$(lastword $(subst =, ,$(p)))))
+endif
+
+unit-on-others:
 
 # --- the template ---------------------------------------------------------------------
 
@@ -203,9 +234,28 @@ checkov: $(CHECKOV_STAMP)
 
 template-check: cfn-lint sam-validate sam-build-check checkov
 
-# The whole suite on .venv's Python, then the unit tests on each other Python found; a
-# check that could not run here is named again at the very end.
-test: lint typecheck container-check unit template-check unit-other-pythons
+# `make test`: every check below, TEST_JOBS at a time (2: this project's machines have 2
+# cores; TEST_JOBS=1 runs them one after another). The whole suite on .venv's Python is the
+# longest, and waits on its local stacks as much as it computes; beside it run the template
+# checks and the unit tests on each other Python found, and the virtualenvs they need are
+# made (pip) while .venv is. Each check's output is printed whole when it ends (make's
+# --output-sync; where make has none, as macOS's make 3.81, they run one at a time); a
+# failed one is named by make (`*** [Makefile:N: check] Error 1`), no new check starts, and
+# `make test` fails once the running ones end. A check that could not run here is named
+# again at the very end. The list's order is make's order of starting them: the whole suite
+# first, and the template checks, short ones, last, where they fill a job slot the others
+# leave.
+TEST_JOBS ?= 2
+TEST_CHECKS := unit lint typecheck container-check unit-other-pythons template-check
+OUTPUT_SYNC := $(if $(filter output-sync,$(.FEATURES)),--output-sync=target)
+
+test:
+	@echo "make test: $(TEST_CHECKS), $(if $(OUTPUT_SYNC),$(TEST_JOBS),1) at a time; each one's output follows when it ends"
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory $(if $(OUTPUT_SYNC),-j$(TEST_JOBS) $(OUTPUT_SYNC),-j1) \
+		PYTHON_EXE=$(PYTHON_EXE) $(TEST_CHECKS); status=$$?; \
+	echo "make test: $$([ $$status = 0 ] && echo passed || echo FAILED) in $$(( $$(date +%s) - start )) s"; \
+	exit $$status
 	@if [ -z "$(LAMBDA_PYTHON)" ]; then echo "$(NO_LAMBDA_PYTHON)"; fi
 
 # --- deployment (needs AWS credentials; never part of `make test`) -------------------
@@ -238,8 +288,8 @@ $(BENCH_STAMP): $(BENCH_PINS)
 	@test -n "$(BENCH_PYTHON)" || { echo "MLServer 1.7 needs Python 3.11 or 3.12 (make pythons): none was found"; exit 1; }
 	@rm -rf $(BENCH_VENV)
 	$(BENCH_PYTHON) -m venv $(BENCH_VENV)
-	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(BENCH_VENV)/bin/python -m pip install --quiet -r bench/peers/requirements.txt \
+	$(BENCH_VENV)/bin/python $(PIP_INSTALL) --upgrade pip
+	$(BENCH_VENV)/bin/python $(PIP_INSTALL) -r bench/peers/requirements.txt \
 		-c bench/peers/constraints.txt
 	@touch $@
 
