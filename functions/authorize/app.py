@@ -38,7 +38,7 @@ def lambda_handler(
     event: APIGatewayAuthorizerRequestEvent, context: LambdaContext
 ) -> dict[str, Any]:
     try:
-        return authorize(registry, event.get_header_value("Authorization"), event.parsed_arn)
+        return authorize(registry, event.headers.get("Authorization"), event.parsed_arn)
     except Unauthorized as err:
         logger.info("unauthorized", reason=err.reason, path=event.path)
         # Exactly this, as in AWS's authorizer blueprints: API Gateway answers 401.
