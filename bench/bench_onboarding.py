@@ -55,7 +55,7 @@ endpoint process's counters are read, every second; then the registry is polled 
 process's DynamoDB lock ~1.3 s at 1,000 cities). ``--timeout`` defaults to 600 s, or 2 s
 per city when more.
 
-Run: ``python bench/bench_onboarding.py [--cities 100] [--rows 1000] [--job-workers 2]
+Run: ``python bench/bench_onboarding.py [--cities 100] [--rows 1000] [--job-workers 2] [--function-concurrency 4]
 [--trace [--baseline before.json]]``.
 """
 
@@ -333,6 +333,12 @@ def main() -> int:
     parser.add_argument(
         "--job-workers", type=int, default=None, help="job worker processes (default: the stack's)"
     )
+    parser.add_argument(
+        "--function-concurrency",
+        type=int,
+        default=None,
+        help="execution environments per function (default: the stack's)",
+    )
     parser.add_argument("--upload-threads", type=int, default=8, help="parallel drops (default 8)")
     parser.add_argument(
         "--timeout",
@@ -372,6 +378,8 @@ def main() -> int:
         options = local_options(root / "stack")
         if args.job_workers is not None:
             options.job_workers = args.job_workers
+        if args.function_concurrency is not None:
+            options.function_concurrency = args.function_concurrency
         stack = LocalStack(None, options)
         begun = time.perf_counter()
         outputs = stack.start()
