@@ -24,11 +24,11 @@ from types import ModuleType
 from citymodels_devkit.archives import extract_safely
 from citymodels_devkit.paths import load_container_module
 
-__all__ = ["Preprocessor", "load_preprocessor"]
+__all__ = ["PreprocessorContainer", "load_preprocessor"]
 
 
 @dataclass(frozen=True)
-class Preprocessor:
+class PreprocessorContainer:
     """The pipeline's first container: its handler module and the model ``model_fn`` built."""
 
     module: ModuleType
@@ -36,7 +36,9 @@ class Preprocessor:
     model_dir: Path
 
 
-def load_preprocessor(source: str | os.PathLike[str] | bytes, work_dir: Path) -> Preprocessor:
+def load_preprocessor(
+    source: str | os.PathLike[str] | bytes, work_dir: Path
+) -> PreprocessorContainer:
     """Load the preprocessor model as the scikit-learn container does."""
     if isinstance(source, bytes) or Path(source).is_file():
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
@@ -58,7 +60,7 @@ def load_preprocessor(source: str | os.PathLike[str] | bytes, work_dir: Path) ->
     if module is None:
         module = load_container_module("inference")
     model = module.model_fn(str(model_dir))
-    return Preprocessor(module=module, model=model, model_dir=model_dir)
+    return PreprocessorContainer(module=module, model=model, model_dir=model_dir)
 
 
 def _import_entry_point(path: Path) -> ModuleType:

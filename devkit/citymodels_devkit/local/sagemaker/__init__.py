@@ -9,7 +9,7 @@ service:
 - :mod:`.responses`: the wire. :data:`~.responses.OPERATIONS`, and
   :func:`~.responses.handle`, which checks a request, calls the backend and shapes
   the JSON answer;
-- :mod:`.validation`: requests checked against botocore's SageMaker model (required
+- :mod:`.shapes`: requests checked against botocore's SageMaker model (required
   members, types, lengths, patterns, enums; job names
   ``^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$``), with SageMaker's messages;
 - :mod:`.exceptions`: the API's error answers (``ValidationException``,

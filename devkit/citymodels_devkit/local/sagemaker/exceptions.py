@@ -1,6 +1,6 @@
 """The SageMaker API's error answers, as botocore's JSON protocol reads them.
 
-The backend (:mod:`.models`) and the request checks (:mod:`.validation`) raise them;
+The backend (:mod:`.models`) and the request checks (:mod:`.shapes`) raise them;
 the AWS endpoint (``local/aws.py``) answers :meth:`SageMakerError.to_json` with
 :attr:`SageMakerError.status`, which botocore turns into ``ClientError`` with
 ``Error.Code`` and ``Error.Message``.

@@ -3,7 +3,7 @@
 The AWS endpoint (``local/aws.py``) hands each ``X-Amz-Target: SageMaker.<operation>``
 of :data:`OPERATIONS` (botocore's JSON protocol) to :func:`handle` with the decoded
 JSON body; moto serves every other SageMaker operation. :func:`handle` checks the
-request against botocore's model (:mod:`.validation`), calls the backend
+request against botocore's model (:mod:`.shapes`), calls the backend
 (:class:`~.models.JobService`) and shapes the JSON answer: ``Create*`` the job's ARN,
 ``Describe*`` the job as it renders itself, ``Stop*`` nothing, ``List*`` the
 summaries its filters select, sorted and paged (``NextToken``).
@@ -20,7 +20,7 @@ from citymodels_devkit.local.sagemaker.exceptions import (
 )
 from citymodels_devkit.local.sagemaker.models import JOB_PREFIX
 from citymodels_devkit.local.sagemaker.runner import PROCESSING, TRAINING
-from citymodels_devkit.local.sagemaker.validation import validate_job_name, validate_request
+from citymodels_devkit.local.sagemaker.shapes import validate_job_name, validate_request
 
 if TYPE_CHECKING:
     from citymodels_devkit.local.sagemaker.models import JobService
