@@ -61,7 +61,7 @@ from citymodels_devkit.local.s3events import (
 )
 from citymodels_devkit.local.sagemaker.exceptions import SageMakerError
 from citymodels_devkit.local.sagemaker.models import JobService
-from citymodels_devkit.local.sagemaker.responses import OPERATIONS
+from citymodels_devkit.local.sagemaker.responses import OPERATIONS, handle
 
 __all__ = [
     "AwsApp",
@@ -653,7 +653,7 @@ class AwsApp:
             loop = asyncio.get_running_loop()
             try:
                 answer = await loop.run_in_executor(
-                    self._control_pool, self.jobs.handle, operation, request
+                    self._control_pool, handle, self.jobs, operation, request
                 )
             except SageMakerError as error:
                 status, answer = error.status, error.to_json()

@@ -26,7 +26,6 @@ import contextlib
 import errno
 import logging
 import multiprocessing
-import os
 import signal
 import threading
 import traceback
@@ -286,7 +285,6 @@ class AwsReady:
 
     url: str
     restored: Any  # persistence.Restored | None
-    job_worker_pids: tuple[int, ...]
 
 
 class _AwsService:
@@ -308,7 +306,7 @@ class _AwsService:
             raise
 
     def ready(self) -> AwsReady:
-        return AwsReady(self.server.url, self.app.restored, _children(os.getpid()))
+        return AwsReady(self.server.url, self.app.restored)
 
     def command(self, name: str, *args: Any) -> Any:
         from citymodels_devkit.local.aws import RemoteEndpoint
@@ -318,8 +316,6 @@ class _AwsService:
             self.app.register_endpoint(endpoint_name, RemoteEndpoint(url, endpoint_name))
         elif name == "checkpoint":
             self.app.checkpoint()
-        elif name == "children":
-            return _children(os.getpid())
         elif name == "trace_start":  # (apart,): trace every request from now on (.trace)
             from citymodels_devkit.local.trace import CONTROL
 
@@ -350,15 +346,6 @@ def preload_aws() -> None:
 def serve_aws(spec: AwsSpec) -> _AwsService:
     """Build the aws process's service (runs in the child)."""
     return _AwsService(spec)
-
-
-def _children(pid: int) -> tuple[int, ...]:
-    """The process ids of ``pid``'s children (Linux ``/proc``; empty elsewhere)."""
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text(encoding="ascii")
-    except OSError:
-        return ()
-    return tuple(int(p) for p in text.split())
 
 
 # -- the endpoint process ----------------------------------------------------------------
@@ -399,6 +386,7 @@ class _EndpointService:
         import boto3
         from botocore.config import Config
 
+        from citymodels.layout import parse_s3_uri
         from citymodels_devkit.local.aws import InvocationsApp
         from citymodels_devkit.local.mme.models import (
             EndpointOptions,
@@ -418,8 +406,8 @@ class _EndpointService:
         )
         s3 = session.client("s3", endpoint_url=spec.aws_url, config=config)
         self._cloudwatch = session.client("cloudwatch", endpoint_url=spec.aws_url, config=config)
-        bucket, prefix = split_s3(spec.models)
-        pre_bucket, pre_key = split_s3(spec.preprocessor)
+        bucket, prefix = parse_s3_uri(spec.models)
+        pre_bucket, pre_key = parse_s3_uri(spec.preprocessor)
 
         def fetch(target_model: str) -> bytes:
             try:
@@ -495,14 +483,6 @@ def serve_endpoint(spec: EndpointSpec) -> _EndpointService:
     return _EndpointService(spec)
 
 
-def split_s3(uri: str) -> tuple[str, str]:
-    """``s3://bucket/key`` → ``(bucket, key)``."""
-    if not uri.startswith("s3://"):
-        raise RuntimeError(f"expected an s3:// URI, got {uri!r}")
-    bucket, _, key = uri[5:].partition("/")
-    return bucket, key
-
-
 __all__ = [
     "LOCAL_STACK_AGENT",
     "AwsReady",
@@ -516,5 +496,4 @@ __all__ = [
     "preload_endpoint",
     "serve_aws",
     "serve_endpoint",
-    "split_s3",
 ]

@@ -354,7 +354,7 @@ class JobService:
     --------
     >>> jobs = JobService(events=MotoEventBus())          # doctest: +SKIP
     >>> jobs.start("http://127.0.0.1:4566")                 # doctest: +SKIP
-    >>> jobs.handle("CreateProcessingJob", {...})           # doctest: +SKIP
+    >>> responses.handle(jobs, "CreateProcessingJob", {...})  # doctest: +SKIP
     """
 
     def __init__(
@@ -428,15 +428,6 @@ class JobService:
         self.close()
 
     # -- the API
-
-    def handle(self, operation: str, request: Mapping[str, Any]) -> dict[str, Any]:
-        """Serve one SageMaker API operation: :func:`.responses.handle` on this backend.
-
-        The AWS endpoint (``local/aws.py``) hands the job operations here.
-        """
-        from citymodels_devkit.local.sagemaker import responses  # it imports this module
-
-        return responses.handle(self, operation, request)
 
     def create(self, kind: str, request: dict[str, Any]) -> str:
         """Record a job of a valid ``Create*`` request, start it; return its ARN.

@@ -20,7 +20,7 @@ from citymodels_devkit.local.sagemaker.exceptions import (
 )
 from citymodels_devkit.local.sagemaker.models import JOB_PREFIX
 from citymodels_devkit.local.sagemaker.runner import PROCESSING, TRAINING
-from citymodels_devkit.local.sagemaker.shapes import validate_job_name, validate_request
+from citymodels_devkit.local.sagemaker.shapes import validate_request
 
 if TYPE_CHECKING:
     from citymodels_devkit.local.sagemaker.models import JobService
@@ -74,7 +74,6 @@ def handle(jobs: JobService, operation: str, request: Mapping[str, Any]) -> dict
         raise ValidationException(f"the job service does not serve {operation}")
     validate_request(operation, request)
     if verb == "Create":
-        validate_job_name(f"{prefix}JobName", request[f"{prefix}JobName"])
         return {f"{prefix}JobArn": jobs.create(kind, request)}
     if verb == "List":
         return _page(prefix, jobs.summaries(kind, request), request)

@@ -219,7 +219,6 @@ class WorkerPool:
 # -- inside a worker process -------------------------------------------------------------
 
 _worker_s3: Any = None
-_worker_endpoint: str | None = None
 
 
 def _init_worker(
@@ -229,7 +228,7 @@ def _init_worker(
     handoff: str | None = None,
 ) -> None:
     """Import what jobs use once per worker, build its S3 client, follow the parent."""
-    global _worker_s3, _worker_endpoint
+    global _worker_s3
     _exit_with_parent()
     if handoff is not None:
         staging.worker_cache.handoff = Path(handoff)
@@ -252,7 +251,6 @@ def _init_worker(
                 retries={"max_attempts": 3, "mode": "standard"}, user_agent_extra=JOBS_AGENT
             ),
         )
-        _worker_endpoint = endpoint_url
 
 
 def _exit_with_parent() -> None:

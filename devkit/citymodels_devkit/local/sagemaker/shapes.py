@@ -12,14 +12,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from functools import cache
-from typing import Any, Final
+from typing import Any
 
 from citymodels_devkit.local.sagemaker.exceptions import ValidationException
 
-__all__ = ["JOB_NAME_PATTERN", "validate_job_name", "validate_request"]
-
-JOB_NAME_PATTERN: Final = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
-"""A processing or training job's name (the ARN's last part)."""
+__all__ = ["validate_request"]
 
 
 @cache
@@ -135,19 +132,3 @@ def _check_length(shape: Any, length: int, fail: Callable[[str], None]) -> None:
         fail(f"Member must have length greater than or equal to {low}")
     if high is not None and length > high:
         fail(f"Member must have length less than or equal to {high}")
-
-
-def validate_job_name(member: str, name: str) -> None:
-    """Check a ``Create*`` request's job name (``member``: ``ProcessingJobName``...).
-
-    Raises
-    ------
-    ValidationException
-        When ``name`` is not :data:`JOB_NAME_PATTERN`.
-    """
-    if JOB_NAME_PATTERN.fullmatch(name) is None:
-        raise ValidationException(
-            f"1 validation error detected: Value '{name}' at '{_camel(member)}' "
-            "failed to satisfy constraint: Member must satisfy regular expression "
-            "pattern: ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}"
-        )
