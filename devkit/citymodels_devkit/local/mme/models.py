@@ -347,21 +347,7 @@ class MultiModelEndpoint:
         entry = self._models.get(target_model)
         if entry is None:
             return self._invoke_cold(target_model, body, content_type, accept, started)
-        result = self._run_pipeline(entry.model, body, content_type, accept)
-        latency = (self._clock() - started) * 1e6
-        with self._lock:
-            if target_model in self._models:  # else evicted meanwhile; this request had it
-                self._models.move_to_end(target_model)
-            self._hits += 1
-            window = self._window
-            window.invocations += 1
-            window.cache_samples += 1
-            window.cache_hits += 1
-            window.latency.add(latency)
-            window.outcomes += 1
-            if result.original_status_code is not None:
-                self._count_error(window, result.original_status_code)
-        return result
+        return self._serve(target_model, entry, body, content_type, accept, started, hit=True)
 
     def _invoke_cold(
         self, target_model: str, body: bytes, content_type: str, accept: str, started: float
@@ -419,7 +405,7 @@ class MultiModelEndpoint:
         result = self._run_pipeline(entry.model, body, content_type, accept)
         latency = (self._clock() - model_started) * 1e6
         with self._lock:
-            if target_model in self._models:
+            if target_model in self._models:  # else evicted meanwhile; this request had it
                 self._models.move_to_end(target_model)
             window = self._window
             window.invocations += 1
