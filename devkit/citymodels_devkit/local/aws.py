@@ -792,9 +792,10 @@ def build_aws_app(
     """
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
-    from citymodels_devkit.local import dynamodb
+    from citymodels_devkit.local import dynamodb, hotpaths
 
     dynamodb.install()  # transactions that cost the items they write, not the whole table
+    hotpaths.install()  # parsing and listing that cost per run, not per request
     bus = events if events is not None else MotoEventBus(account_id, region)
     if jobs is None:
         jobs = JobService(

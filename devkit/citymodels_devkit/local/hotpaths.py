@@ -1,0 +1,98 @@
+"""moto's costs that grow with the run rather than with the request, removed.
+
+Found by profiling the aws process (``py-spy record --gil --subprocesses`` on
+``bench/bench_onboarding.py --cities 1000 --rows 500``); each was a share of that
+process's CPU that a real service does not pay:
+
+- **EventBridge input paths** (~9 % at 100 cities, ~13 % at 1,000 with the event
+  delivery they sit in): moto parses every target's ``InputPath``/``InputTransformer``
+  paths with ``jsonpath_ng.ext.parse`` for every event, and each parse builds the
+  grammar's LALR tables anew. A parsed path is immutable (``find`` only reads), so
+  the paths are parsed once per distinct text.
+- **S3 listings by prefix** (~9 % at 1,000 cities): moto's ``list_objects`` fetches
+  every key object of the bucket (the last of its versions) to test its name against
+  the prefix; a job's staging lists its input prefix, so each listing cost in
+  proportion to every object ever written. Here the names are tested first and only
+  the matching keys fetched; the answer is the same list in the same order.
+- **DynamoDB update expressions** (~2 %): moto tokenises and parses the same
+  ``UpdateExpression`` text on every write, twice. The parse is kept per text; moto's
+  validator works on a deep copy of it, so the kept tree is never changed.
+
+:func:`install` patches the three places, once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+__all__ = ["install", "list_objects"]
+
+_INSTALLED = False
+
+
+def list_objects(list_all: Any, unfiltered: tuple[type, ...] = ()) -> Any:
+    """Wrap moto's ``S3Backend.list_objects``: with a prefix, hand it a view of the
+    bucket holding only the keys whose names start with it (buckets of the
+    ``unfiltered`` types go to moto as they are)."""
+
+    def listing(
+        backend: Any,
+        bucket: Any,
+        prefix: str | None,
+        delimiter: str | None,
+        marker: str | None,
+        max_keys: int | None,
+    ) -> Any:
+        keys: Any = getattr(bucket, "keys", None)
+        if not prefix or isinstance(bucket, unfiltered) or not hasattr(keys, "getlist"):
+            return list_all(backend, bucket, prefix, delimiter, marker, max_keys)
+        names = [name for name in list(dict.keys(keys)) if name.startswith(prefix)]
+        view = _Prefixed(bucket, keys, names)
+        return list_all(backend, view, prefix, delimiter, marker, max_keys)
+
+    return listing
+
+
+class _Prefixed:
+    """A bucket as ``list_objects`` reads it, with only the named keys."""
+
+    def __init__(self, bucket: Any, keys: Any, names: list[str]) -> None:
+        self._bucket = bucket
+        self.keys = _Names(keys, names)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._bucket, name)
+
+
+class _Names:
+    def __init__(self, keys: Any, names: list[str]) -> None:
+        self._keys = keys
+        self._names = names
+
+    def items(self) -> Any:
+        for name in self._names:
+            versions = self._keys.getlist(name)
+            if versions:  # deleted meanwhile: moto's own listing skips it too
+                yield name, versions[-1]
+
+
+def install() -> None:
+    """Install the three (idempotent)."""
+    global _INSTALLED
+    if _INSTALLED:
+        return
+    import importlib
+
+    from moto.s3.models import FakeTableStorageBucket, S3Backend
+
+    # moto imports it inside EventTemplateParser.parse, from the module, on each call
+    jsonpath: Any = importlib.import_module("jsonpath_ng.ext")
+    jsonpath.parse = functools.lru_cache(maxsize=1024)(jsonpath.parse)
+    parser: Any = importlib.import_module("moto.dynamodb.parsing.expressions")
+    make: Any = functools.lru_cache(maxsize=1024)(parser.UpdateExpressionParser.make.__func__)
+    parser.UpdateExpressionParser.make = classmethod(make)
+    # a table bucket (S3 Tables) is refused by moto's own check: leave it to moto
+    unfiltered = (FakeTableStorageBucket,)
+    S3Backend.list_objects = list_objects(S3Backend.list_objects, unfiltered)  # type: ignore[method-assign]
+    _INSTALLED = True

@@ -1,0 +1,147 @@
+"""moto's per-run costs removed (``local/hotpaths.py``): the same answers, less work."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from typing import Any
+
+import boto3
+import jsonpath_ng.ext
+import pytest
+from moto import mock_aws
+from moto.dynamodb.parsing.expressions import UpdateExpressionParser
+from moto.events.utils import EventTemplateParser
+from moto.s3.models import FakeTableStorageBucket, S3Backend
+
+from citymodels_devkit.local import hotpaths
+
+BUCKET = "citymodels-listing"
+NAMES = [
+    "in/a.csv",
+    "in/a.csv.bak",
+    "in/b/1.csv",
+    "in/b/2.csv",
+    "in/c/deep/x",
+    "inx",
+    "jobs/j1/code/bundle.tar.gz",
+    "jobs/j1/output/model.tar.gz",
+    "jobs/j2/output/model.tar.gz",
+    "out/é/ü.txt",
+]
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Any:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+        for name in NAMES:
+            client.put_object(Bucket=BUCKET, Key=name, Body=name.encode())
+        client.put_object(Bucket=BUCKET, Key="in/b/1.csv", Body=b"second version")
+        client.delete_object(Bucket=BUCKET, Key="in/b/2.csv")  # a delete marker on top
+        yield client
+
+
+def listing(client: Any, **kwargs: Any) -> list[tuple[Any, ...]]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, **kwargs)
+    answer = []
+    for page in pages:
+        answer += [(o["Key"], o["ETag"], o["Size"]) for o in page.get("Contents", [])]
+        answer += [("prefix", p["Prefix"]) for p in page.get("CommonPrefixes", [])]
+    return answer
+
+
+def test_a_listing_by_prefix_is_moto_s_own(s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    cases = [
+        dict(Prefix=prefix, **extra)
+        for prefix, extra in itertools.product(
+            ["in/", "in", "in/a.csv", "in/b/", "jobs/j1/", "out/é/", "nothing/", ""],
+            [{}, {"Delimiter": "/"}, {"PaginationConfig": {"PageSize": 1}}],
+        )
+    ]
+    # GIVEN moto's answers to every case
+    expected = [listing(s3, **case) for case in cases]
+    etag = f'"{hashlib.md5(b"second version").hexdigest()}"'
+    assert ("in/b/1.csv", etag, 14) in expected[0]  # the last version
+    assert all(entry[0] != "in/b/2.csv" for entry in expected[0])  # deleted
+    # WHEN the names are filtered before moto reads the keys
+    monkeypatch.setattr(
+        S3Backend,
+        "list_objects",
+        hotpaths.list_objects(S3Backend.list_objects, (FakeTableStorageBucket,)),
+    )
+    # THEN every answer is the same, in the same order
+    assert [listing(s3, **case) for case in cases] == expected
+    # AND a deleted key under the prefix meanwhile is skipped, as moto skips it
+    s3.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": "in/a.csv"}]})
+    assert [e[0] for e in listing(s3, Prefix="in/a")] == ["in/a.csv.bak"]
+
+
+def test_only_the_prefix_s_keys_are_read(s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    read: list[int] = []
+    original = S3Backend.list_objects
+
+    def counting(backend: Any, bucket: Any, *args: Any) -> Any:
+        read.append(sum(1 for _ in bucket.keys.items()))
+        return original(backend, bucket, *args)
+
+    monkeypatch.setattr(S3Backend, "list_objects", hotpaths.list_objects(counting))
+    listing(s3, Prefix="jobs/")
+    listing(s3)  # no prefix: moto reads the bucket as it is
+    assert read == [3, len(NAMES)]
+
+
+def test_an_update_expression_parsed_once_serves_every_item(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hotpaths.install()
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        ddb = boto3.client("dynamodb", region_name="us-east-1")
+        ddb.create_table(
+            TableName="t",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        expression = "SET n = if_not_exists(n, :zero) + :one, tag = :tag"
+        for pk, tag in itertools.product(("a", "b"), ("x", "y", "z")):
+            ddb.update_item(
+                TableName="t",
+                Key={"pk": {"S": pk}},
+                UpdateExpression=expression,
+                ExpressionAttributeValues={
+                    ":zero": {"N": "0"},
+                    ":one": {"N": "1"},
+                    ":tag": {"S": f"{pk}{tag}"},
+                },
+            )
+        items = {
+            pk: ddb.get_item(TableName="t", Key={"pk": {"S": pk}})["Item"] for pk in ("a", "b")
+        }
+    # the kept tree was never changed by the validation of another item
+    assert items["a"]["n"] == {"N": "3"} and items["a"]["tag"] == {"S": "az"}
+    assert items["b"]["n"] == {"N": "3"} and items["b"]["tag"] == {"S": "bz"}
+    assert UpdateExpressionParser.make(expression) is UpdateExpressionParser.make(expression)
+
+
+def test_event_input_paths_are_parsed_once() -> None:
+    hotpaths.install()
+    template = '{"bucket": "<bucket>", "key": "<key>"}'
+    paths = {"bucket": "$.detail.bucket.name", "key": "$.detail.object.key"}
+    events = [
+        {"detail": {"bucket": {"name": "b"}, "object": {"key": f"k{i}"}}, "ingestion-time": 0}
+        for i in range(3)
+    ]
+    answers = [EventTemplateParser.parse(template, paths, event) for event in events]
+    assert answers == [{"bucket": "b", "key": f"k{i}"} for i in range(3)]
+    assert jsonpath_ng.ext.parse("$.detail.object.key") is jsonpath_ng.ext.parse(
+        "$.detail.object.key"
+    )
