@@ -145,3 +145,40 @@ def test_event_input_paths_are_parsed_once() -> None:
     assert jsonpath_ng.ext.parse("$.detail.object.key") is jsonpath_ng.ext.parse(
         "$.detail.object.key"
     )
+
+
+def test_a_receive_checks_retention_without_reading_every_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from moto.sqs.models import Queue, SQSBackend
+
+    monkeypatch.setattr(SQSBackend, "is_message_valid_based_on_retention_period", hotpaths.retained)
+    depth_reads: list[int] = []
+    original = Queue.approximate_number_of_messages
+    monkeypatch.setattr(
+        Queue,
+        "approximate_number_of_messages",
+        property(lambda queue: depth_reads.append(1) or original.fget(queue)),  # type: ignore[attr-defined]
+    )
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        kept = sqs.create_queue(QueueName="kept")["QueueUrl"]
+        short = sqs.create_queue(QueueName="short", Attributes={"MessageRetentionPeriod": "60"})[
+            "QueueUrl"
+        ]
+        for i in range(5):
+            sqs.send_message(QueueUrl=kept, MessageBody=f"m{i}")
+        sqs.send_message(QueueUrl=short, MessageBody="old")
+        depth_reads.clear()  # (moto's sends read it: not our concern)
+        got = sqs.receive_message(QueueUrl=kept, MaxNumberOfMessages=10)["Messages"]
+        assert sorted(m["Body"] for m in got) == [f"m{i}" for i in range(5)]
+        assert depth_reads == []  # no walk over the queue per message received
+        # a message past its queue's retention period is not delivered, as in moto
+        from moto.sqs.models import sqs_backends
+
+        queue = sqs_backends["123456789012"]["us-east-1"].get_queue("short")
+        queue._messages[0].sent_timestamp -= 61_000
+        assert "Messages" not in sqs.receive_message(QueueUrl=short)

@@ -17,8 +17,13 @@ process's CPU that a real service does not pay:
 - **DynamoDB update expressions** (~2 %): moto tokenises and parses the same
   ``UpdateExpression`` text on every write, twice. The parse is kept per text; moto's
   validator works on a deep copy of it, so the kept tree is never changed.
+- **SQS receives** (~19 % at 1,000 cities, with 1,000 drops queued): for each message
+  received, moto checks its retention period by building the queue's whole attribute
+  map three times, and one attribute (``ApproximateNumberOfMessages``) walks every
+  message of the queue: a receive cost in proportion to the queue's depth. Here the
+  check reads the queue's retention period itself.
 
-:func:`install` patches the three places, once per process.
+:func:`install` patches the four places, once per process.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-__all__ = ["install", "list_objects"]
+__all__ = ["install", "list_objects", "retained"]
 
 _INSTALLED = False
 
@@ -54,6 +59,15 @@ def list_objects(list_all: Any, unfiltered: tuple[type, ...] = ()) -> Any:
     return listing
 
 
+def retained(backend: Any, queue_name: str, message: Any) -> bool:
+    """moto's ``SQSBackend.is_message_valid_based_on_retention_period``, reading the
+    queue's ``MessageRetentionPeriod`` (an int, as moto stores it) directly."""
+    from moto.core.utils import unix_time  # what moto's own check compares with
+
+    period = backend.get_queue(queue_name).message_retention_period
+    return bool(period + message.sent_timestamp / 1000 > unix_time())
+
+
 class _Prefixed:
     """A bucket as ``list_objects`` reads it, with only the named keys."""
 
@@ -78,13 +92,14 @@ class _Names:
 
 
 def install() -> None:
-    """Install the three (idempotent)."""
+    """Install the four (idempotent)."""
     global _INSTALLED
     if _INSTALLED:
         return
     import importlib
 
     from moto.s3.models import FakeTableStorageBucket, S3Backend
+    from moto.sqs.models import SQSBackend
 
     # moto imports it inside EventTemplateParser.parse, from the module, on each call
     jsonpath: Any = importlib.import_module("jsonpath_ng.ext")
@@ -95,4 +110,5 @@ def install() -> None:
     # a table bucket (S3 Tables) is refused by moto's own check: leave it to moto
     unfiltered = (FakeTableStorageBucket,)
     S3Backend.list_objects = list_objects(S3Backend.list_objects, unfiltered)  # type: ignore[method-assign]
+    SQSBackend.is_message_valid_based_on_retention_period = retained  # type: ignore[method-assign,assignment]
     _INSTALLED = True
