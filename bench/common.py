@@ -128,7 +128,7 @@ def memory_mb(pid: int | str = "self") -> dict[str, float | None]:
 
 def stack_roles(processes: dict[str, int]) -> dict[str, list[int]]:
     """The local stack's processes by role, from ``LocalStack.processes()``: ``functions``,
-    ``aws``, ``endpoint`` (one pid each), ``job_workers`` (the aws process's spawned
+    ``aws``, ``dynamodb``, ``endpoint`` (one pid each), ``job_workers`` (the aws process's spawned
     children) and ``other`` (multiprocessing's resource trackers, and anything else below
     aws). The functions process's other children (a benchmark's client) are not the
     stack's."""
@@ -138,7 +138,7 @@ def stack_roles(processes: dict[str, int]) -> dict[str, list[int]]:
         for pid in descendant_pids(processes["aws"]):
             kind = "job_workers" if process_kind(pid) == "spawned" else "other"
             roles[kind].append(pid)
-    if "functions" in processes:  # it started the aws and endpoint processes
+    if "functions" in processes:  # it started the aws, DynamoDB and endpoint processes
         for pid in child_pids(processes["functions"]):
             if process_kind(pid) == "resource tracker":
                 roles["other"].append(pid)
@@ -179,7 +179,7 @@ class CpuWindow:
 
         result: dict[str, Any] = {"window_s": window}
         total = 0.0
-        for role in ("functions", "aws", "endpoint", "job_workers", "other"):
+        for role in ("functions", "aws", "dynamodb", "endpoint", "job_workers", "other"):
             pids = roles.get(role, [])
             if not pids and role in ("job_workers", "other"):
                 continue

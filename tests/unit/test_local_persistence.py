@@ -20,7 +20,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from citymodels_devkit.local.aws import AwsApp, LocalAwsServer, build_aws_app
+from citymodels_devkit.local.aws import AwsApp, LocalAwsServer, build_aws_app, build_dynamodb_app
 from citymodels_devkit.local.persistence import StateStore, StateUnreadable, read_journal
 from citymodels_devkit.local.s3events import MotoEventBus
 from citymodels_devkit.local.sagemaker.executors import ContainerRun
@@ -349,3 +349,70 @@ def test_a_job_running_when_the_stack_died_runs_again_and_announces_its_end(
         assert statuses == [IN_PROGRESS, COMPLETED]
     finally:
         second.stop()
+
+
+# -- DynamoDB in its own process ------------------------------------------------------------
+
+
+class SplitEndpoint(Endpoint):
+    """The aws endpoint forwarding DynamoDB to a DynamoDB endpoint with its own store in
+    ``state/dynamodb`` (the local stack's processes, here in one)."""
+
+    def __init__(self, state: Path) -> None:
+        self.tables = build_dynamodb_app(state_dir=state / "dynamodb", adopt_from=state)
+        self.tables_server = LocalAwsServer(self.tables, port=0).start()
+        self.app = build_aws_app(
+            event_buckets=[BUCKET], state_dir=state, dynamodb_url=self.tables_server.url
+        )
+        self.server = LocalAwsServer(self.app, port=0).start()
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.tables_server.stop()
+
+    def crash(self) -> None:
+        assert self.tables.store is not None
+        self.tables.store.close(snapshot=False)
+        self.tables_server.stop()
+        super().crash()
+
+
+def test_dynamodb_kept_by_one_directory_is_adopted_by_its_own_process(tmp_path: Path) -> None:
+    # GIVEN the state of a stack that served DynamoDB in its aws process, after a crash
+    first = Endpoint(tmp_path)
+    create_resources(first)
+    first.client("dynamodb").put_item(TableName=TABLE, Item={"pk": {"S": "CITY#A"}})
+    first.client("s3").put_object(Bucket=BUCKET, Key="raw/A/x.csv", Body=b"x")
+    first.crash()
+
+    # WHEN the stack starts with DynamoDB in its own process
+    second = SplitEndpoint(tmp_path)
+    try:
+        dynamodb = second.client("dynamodb")  # the aws endpoint: forwarded
+        # THEN the table and its item are there, and everything else too
+        assert second.tables.restored is not None and second.tables.restored.records == 1
+        assert "Item" in dynamodb.get_item(TableName=TABLE, Key={"pk": {"S": "CITY#A"}})
+        assert second.client("s3").get_object(Bucket=BUCKET, Key="raw/A/x.csv")
+        assert (tmp_path / "dynamodb" / "snapshot.pickle").exists()  # kept there at once
+        # AND DynamoDB's own errors come back through the aws endpoint as they are
+        with pytest.raises(dynamodb.exceptions.ConditionalCheckFailedException):
+            dynamodb.put_item(
+                TableName=TABLE,
+                Item={"pk": {"S": "CITY#A"}},
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        second.app.checkpoint()  # the aws process's snapshot no longer holds DynamoDB
+        dynamodb.put_item(TableName=TABLE, Item={"pk": {"S": "CITY#B"}})
+    finally:
+        second.crash()
+
+    # AND after another crash both items are back, from the DynamoDB process's directory
+    third = SplitEndpoint(tmp_path)
+    try:
+        dynamodb = third.client("dynamodb")
+        for city in ("A", "B"):
+            assert "Item" in dynamodb.get_item(TableName=TABLE, Key={"pk": {"S": f"CITY#{city}"}})
+        saved = pickle.loads((tmp_path / "snapshot.pickle").read_bytes())
+        assert "dynamodb" not in saved["moto"]
+    finally:
+        third.stop()

@@ -13,9 +13,9 @@ import pytest
 from botocore.config import Config
 
 from citymodels_devkit.local import aws
-from citymodels_devkit.local.aws import LocalAwsServer, build_aws_app
+from citymodels_devkit.local.aws import LocalAwsServer, build_aws_app, build_dynamodb_app
 from citymodels_devkit.local.processes import LOCAL_STACK_AGENT
-from citymodels_devkit.local.trace import TraceControl
+from citymodels_devkit.local.trace import TraceControl, merge_reports
 
 BUCKET = "cmtrace-data"
 
@@ -41,11 +41,11 @@ def client(url: str, service: str, agent: str | None = None) -> Any:
 
 
 def test_requests_are_counted_by_operation_and_caller_while_traced(url: str) -> None:
-    original = (aws.AwsApp.__call__, aws._MotoEnviron.__call__)
+    original = (aws.AwsApp.__call__, aws.MotoApp.__call__, aws._MotoEnviron.__call__)
     control = TraceControl()
     assert control.take() is None  # never started: nothing to report
     control.start({"cm-test-client": "test"})
-    assert (aws.AwsApp.__call__, aws._MotoEnviron.__call__) != original
+    assert (aws.AwsApp.__call__, aws.MotoApp.__call__, aws._MotoEnviron.__call__) != original
     try:
         mine = client(url, "s3", "cm-test-client")
         mine.create_bucket(Bucket=BUCKET)
@@ -56,7 +56,7 @@ def test_requests_are_counted_by_operation_and_caller_while_traced(url: str) -> 
         client(url, "sqs", LOCAL_STACK_AGENT).list_queues()
     finally:
         report = control.take()
-    assert (aws.AwsApp.__call__, aws._MotoEnviron.__call__) == original  # off again
+    assert (aws.AwsApp.__call__, aws.MotoApp.__call__, aws._MotoEnviron.__call__) == original
     assert not any(  # moto's own application unwrapped too
         type(getattr(obj, "app", None)).__name__ == "_TimedMoto"
         for obj in gc.get_objects()
@@ -93,4 +93,67 @@ def test_a_trace_started_again_starts_afresh(url: str) -> None:
     assert report is not None
     assert {name: row["count"] for name, row in report["operations"].items()} == {
         "S3 GET bucket": 1
+    }
+
+
+def test_a_forwarded_request_is_counted_once_where_it_is_served() -> None:
+    tables = LocalAwsServer(build_dynamodb_app(), port=0).start()
+    front = LocalAwsServer(
+        build_aws_app(max_job_workers=1, dynamodb_url=tables.url), port=0
+    ).start()
+    control = TraceControl()
+    control.start()
+    try:
+        client(front.url, "dynamodb").list_tables()  # forwarded
+        client(tables.url, "dynamodb").list_tables()  # as the functions call it
+    finally:
+        report = control.take()
+        front.stop()
+        tables.stop()
+    assert report is not None
+    row = report["operations"]["ListTables (DynamoDB)"]
+    assert row["count"] == 2
+    assert 0 < row["moto_own_s_total"] <= row["server_s_total"]
+
+
+def test_the_processes_reports_merge_into_one() -> None:
+    def row(count: int, total: float) -> dict[str, Any]:
+        return {"count": count, "server_s_total": total, "server_ms_p50": total / count * 1e3}
+
+    aws_report = {
+        "window_s": 10.0,
+        "operations": {"S3 GET object": row(4, 0.4), "ListTables (DynamoDB)": row(1, 0.1)},
+        "callers": {
+            "application": {
+                "count": 5,
+                "server_s_total": 0.5,
+                "operations": {"S3 GET object": 4, "ListTables (DynamoDB)": 1},
+            }
+        },
+    }
+    tables_report = {
+        "window_s": 10.5,
+        "operations": {"ListTables (DynamoDB)": row(3, 0.9), "GetItem (DynamoDB)": row(2, 0.2)},
+        "callers": {
+            "application": {
+                "count": 5,
+                "server_s_total": 1.1,
+                "operations": {"ListTables (DynamoDB)": 3, "GetItem (DynamoDB)": 2},
+            }
+        },
+    }
+    merged = merge_reports([aws_report, tables_report])
+    assert merged["window_s"] == 10.5
+    assert list(merged["operations"]) == [
+        "ListTables (DynamoDB)",
+        "S3 GET object",
+        "GetItem (DynamoDB)",
+    ]
+    tables_row = merged["operations"]["ListTables (DynamoDB)"]
+    assert tables_row["count"] == 4 and tables_row["server_s_total"] == pytest.approx(1.0)
+    assert tables_row["server_ms_p50"] == pytest.approx(300.0)  # the busier one's
+    assert merged["callers"]["application"] == {
+        "count": 10,
+        "server_s_total": pytest.approx(1.6),
+        "operations": {"S3 GET object": 4, "ListTables (DynamoDB)": 4, "GetItem (DynamoDB)": 2},
     }

@@ -10,6 +10,9 @@
 - The SageMaker job operations (``X-Amz-Target: SageMaker.CreateProcessingJob``...,
   :data:`~.sagemaker.responses.OPERATIONS`) go to the :class:`~.sagemaker.models.JobService`,
   which runs the jobs and emits their state-change events; ``ListTags`` of its jobs too.
+- DynamoDB (``X-Amz-Target: DynamoDB_20120810.*``), when it is served by another
+  process (``dynamodb_url``: the local stack's), is forwarded there, answer as given
+  (:class:`Forwarder`); that process serves :func:`build_dynamodb_app`.
 - Everything else goes to moto, in-process: ``DomainDispatcherApplication(
   create_backend_app)`` under a2wsgi's ``WSGIMiddleware`` (a thread pool), with the
   request as it arrived (headers, raw path, query, body).
@@ -49,7 +52,12 @@ from pathlib import Path
 from typing import Any, Final, Protocol, cast
 from urllib.parse import quote, urlsplit
 
-from citymodels_devkit.local.persistence import DYNAMODB_READS, Restored, StateStore
+from citymodels_devkit.local.persistence import (
+    DYNAMODB_READS,
+    PERSISTED_SERVICES,
+    Restored,
+    StateStore,
+)
 from citymodels_devkit.local.s3events import (
     DEFAULT_ACCOUNT_ID,
     DEFAULT_REGION,
@@ -66,10 +74,13 @@ from citymodels_devkit.local.sagemaker.responses import OPERATIONS, handle
 __all__ = [
     "AwsApp",
     "Endpoint",
+    "Forwarder",
     "InvocationsApp",
     "LocalAwsServer",
+    "MotoApp",
     "RemoteEndpoint",
     "build_aws_app",
+    "build_dynamodb_app",
 ]
 
 logger = logging.getLogger(__name__)
@@ -104,6 +115,53 @@ class Endpoint(Protocol):
 _HOP_BY_HOP: Final = frozenset({"connection", "keep-alive", "transfer-encoding", "date", "server"})
 
 
+class Forwarder:
+    """Sends requests to another process of the local stack over HTTP, and gives back
+    its answers as they are: one keep-alive connection per sending thread, a request
+    sent once more on a connection the other side had closed.
+
+    Parameters
+    ----------
+    url
+        ``http://host:port`` of the process.
+    timeout
+        Seconds to wait for an answer.
+    """
+
+    def __init__(self, url: str, timeout: float = 120.0) -> None:
+        parts = urlsplit(url)
+        self.url, self.timeout = url, timeout
+        self._address = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self._local = threading.local()
+
+    def send(
+        self, method: str, target: str, body: bytes, headers: Mapping[str, str]
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Send one request (``target``: path and query); return status, headers, body."""
+        for attempt in (0, 1):  # a kept-alive connection the other side closed: once more
+            connection = getattr(self._local, "connection", None)
+            if connection is None:
+                connection = http.client.HTTPConnection(*self._address, timeout=self.timeout)
+                self._local.connection = connection
+            try:
+                connection.request(method, target, body, dict(headers))
+                response = connection.getresponse()
+                payload = response.read()
+            except (OSError, http.client.HTTPException):
+                connection.close()
+                self._local.connection = None
+                if attempt:
+                    raise
+                continue
+            pairs = [
+                (name.lower().encode("latin-1"), value.encode("latin-1"))
+                for name, value in response.getheaders()
+                if name.lower() not in _HOP_BY_HOP
+            ]
+            return response.status, pairs, payload
+        raise AssertionError("unreachable")
+
+
 class RemoteEndpoint:
     """An :class:`Endpoint` served by another process: invocations forwarded over HTTP.
 
@@ -122,11 +180,9 @@ class RemoteEndpoint:
     """
 
     def __init__(self, url: str, name: str, timeout: float = 120.0) -> None:
-        parts = urlsplit(url)
         self.url, self.name, self.timeout = url, name, timeout
-        self._address = (parts.hostname or "127.0.0.1", parts.port or 80)
         self._path = f"{_INVOCATIONS_PREFIX}{quote(name, safe='')}{_INVOCATIONS_SUFFIX}"
-        self._local = threading.local()
+        self._forwarder = Forwarder(url, timeout)
 
     def invoke(
         self, target_model: str, body: bytes, content_type: str, accept: str
@@ -141,28 +197,7 @@ class RemoteEndpoint:
             )
             if value
         }
-        for attempt in (0, 1):  # a kept-alive connection the other side closed: once more
-            connection = getattr(self._local, "connection", None)
-            if connection is None:
-                connection = http.client.HTTPConnection(*self._address, timeout=self.timeout)
-                self._local.connection = connection
-            try:
-                connection.request("POST", self._path, body, headers)
-                response = connection.getresponse()
-                payload = response.read()
-            except (OSError, http.client.HTTPException):
-                connection.close()
-                self._local.connection = None
-                if attempt:
-                    raise
-                continue
-            pairs = [
-                (name.lower().encode("latin-1"), value.encode("latin-1"))
-                for name, value in response.getheaders()
-                if name.lower() not in _HOP_BY_HOP
-            ]
-            return response.status, pairs, payload
-        raise AssertionError("unreachable")
+        return self._forwarder.send("POST", self._path, body, headers)
 
 
 @dataclass(frozen=True)
@@ -519,6 +554,7 @@ class AwsApp:
         wsgi_workers: int = 16,
         invoke_threads: int = 16,
         store: StateStore | None = None,
+        dynamodb_url: str | None = None,
     ) -> None:
         from a2wsgi import WSGIMiddleware
 
@@ -548,6 +584,8 @@ class AwsApp:
         )
         self.invocations = InvocationsApp(account_id, invoke_threads)
         self._control_pool = ThreadPoolExecutor(4, thread_name_prefix="aws-control")
+        self.dynamodb = None if dynamodb_url is None else Forwarder(dynamodb_url)
+        self._forward_pool = ThreadPoolExecutor(16, thread_name_prefix="aws-forward")
         for name, endpoint in (endpoints or {}).items():
             self.register_endpoint(name, endpoint)
 
@@ -591,6 +629,7 @@ class AwsApp:
         self.jobs.close()
         self.invocations.close()
         self._control_pool.shutdown(wait=False, cancel_futures=True)
+        self._forward_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- ASGI
 
@@ -615,6 +654,9 @@ class AwsApp:
             if name == b"x-amz-target":
                 target = value
                 break
+        if self.dynamodb is not None and target is not None and target.startswith(b"DynamoDB_"):
+            await self._forward(self.dynamodb, scope, receive, send)
+            return
         if target is not None and target.startswith(b"SageMaker."):
             operation = target[len(b"SageMaker.") :].decode("latin-1")
             if operation in OPERATIONS:
@@ -633,6 +675,35 @@ class AwsApp:
                 await self._s3_write(scope, receive, send, write, headers)
                 return
         await self._moto(scope, receive, send)
+
+    def forwards(self, headers: Mapping[bytes, bytes]) -> bool:
+        """Whether a request with these headers is served by another process."""
+        return self.dynamodb is not None and headers.get(b"x-amz-target", b"").startswith(
+            b"DynamoDB_"
+        )
+
+    async def _forward(self, to: Forwarder, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await _read_body(receive)
+        raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
+        query = scope.get("query_string", b"")
+        target = (raw_path + (b"?" + query if query else b"")).decode("latin-1")
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in scope["headers"]
+            if name.decode("latin-1") not in _HOP_BY_HOP
+        }
+        loop = asyncio.get_running_loop()
+        try:
+            status, answer, payload = await loop.run_in_executor(
+                self._forward_pool, to.send, scope["method"], target, body, headers
+            )
+        except (OSError, http.client.HTTPException) as error:
+            logger.warning("no answer from %s: %r", to.url, error)
+            payload = json.dumps(
+                {"__type": "ServiceUnavailable", "message": f"{to.url} did not answer"}
+            ).encode()
+            status, answer = 503, _json_headers(payload, b"application/x-amz-json-1.0")
+        await _respond(send, status, answer, payload)
 
     # -- SageMaker jobs
 
@@ -739,6 +810,118 @@ class AwsApp:
             self._pending.sent(event_id)
 
 
+class MotoApp:
+    """Some of moto's services alone, as an ASGI application, with the store that keeps
+    them: what the local stack's DynamoDB process serves (:func:`build_dynamodb_app`).
+
+    Attributes
+    ----------
+    store
+        Where the state is kept across restarts (None: it is not).
+    restored
+        What was restored when the app was built (None without a store).
+    """
+
+    def __init__(
+        self, *, moto_app: WSGIApp, wsgi_workers: int = 16, store: StateStore | None = None
+    ) -> None:
+        from a2wsgi import WSGIMiddleware
+
+        self.store = store
+        self.restored: Restored | None = None
+        if store is not None:
+            store.install()
+            try:
+                self.restored = store.restore(moto_app)
+            except BaseException:
+                store.close(snapshot=False)
+                raise
+        self._moto: Any = WSGIMiddleware(
+            cast(Any, _MotoEnviron(moto_app, store)), workers=wsgi_workers
+        )
+
+    def checkpoint(self) -> None:
+        """As :meth:`AwsApp.checkpoint`."""
+        if self.store is not None:
+            self.store.snapshot()
+            self.store.start_schedule()
+
+    def close(self) -> None:
+        """Snapshot the state (with a store)."""
+        if self.store is not None:
+            self.store.close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one request with moto."""
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await _lifespan(receive, send)
+            return
+        await self._moto(scope, receive, send)
+
+
+def _moto_dispatcher() -> WSGIApp:
+    """moto's WSGI application, remembering which backend serves a host."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    class Dispatcher(DomainDispatcherApplication):
+        """moto's dispatcher, remembering which backend serves a host: moto finds it
+        anew per request by listing its package directory and trying every service's
+        URL patterns, a fixed answer that cost ~5% of the process's CPU."""
+
+        def __init__(self, create_app: Any) -> None:
+            super().__init__(create_app)
+            self.backends: dict[str | None, Any] = {}
+
+        def get_backend_for_host(self, host: str | None) -> Any:
+            try:
+                return self.backends[host]
+            except KeyError:
+                backend = self.backends[host] = super().get_backend_for_host(host)
+                return backend
+
+    return Dispatcher(create_backend_app)
+
+
+def build_dynamodb_app(
+    *,
+    account_id: str = DEFAULT_ACCOUNT_ID,
+    region: str = DEFAULT_REGION,
+    wsgi_workers: int = 16,
+    state_dir: Path | None = None,
+    adopt_from: Path | None = None,
+    snapshot_interval: float = 600.0,
+) -> MotoApp:
+    """Build the application of the local stack's DynamoDB process.
+
+    Parameters
+    ----------
+    account_id, region, wsgi_workers, snapshot_interval
+        As for :func:`build_aws_app`.
+    state_dir
+        Keep DynamoDB's state in this directory (None: in memory only).
+    adopt_from
+        The directory a stack that served DynamoDB in its aws process kept it in:
+        restored from there while ``state_dir`` holds nothing
+        (:class:`~.persistence.StateStore`).
+    """
+    from citymodels_devkit.local import dynamodb, hotpaths
+
+    dynamodb.install()
+    hotpaths.install()
+    store = None
+    if state_dir is not None:
+        store = StateStore(
+            state_dir,
+            account_id=account_id,
+            region=region,
+            snapshot_interval=snapshot_interval,
+            services=("dynamodb",),
+            adopt_from=adopt_from,
+        )
+    return MotoApp(moto_app=_moto_dispatcher(), wsgi_workers=wsgi_workers, store=store)
+
+
 def build_aws_app(
     *,
     endpoints: Mapping[str, Endpoint] | None = None,
@@ -754,6 +937,7 @@ def build_aws_app(
     state_dir: Path | None = None,
     fresh: bool = False,
     snapshot_interval: float = 600.0,
+    dynamodb_url: str | None = None,
 ) -> AwsApp:
     """Build the local stack's AWS endpoint application.
 
@@ -784,14 +968,16 @@ def build_aws_app(
         Delete what ``state_dir`` holds first.
     snapshot_interval
         Seconds between scheduled snapshots (once :meth:`AwsApp.checkpoint` is called).
+    dynamodb_url
+        DynamoDB is served there (:func:`build_dynamodb_app`, in another process):
+        its requests are forwarded, and its state is not kept here. None: moto's
+        DynamoDB in this process.
 
     Returns
     -------
     AwsApp
         The ASGI application; serve it with :class:`LocalAwsServer`.
     """
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-
     from citymodels_devkit.local import dynamodb, hotpaths
 
     dynamodb.install()  # transactions that cost the items they write, not the whole table
@@ -815,26 +1001,12 @@ def build_aws_app(
             account_id=account_id,
             region=region,
             snapshot_interval=snapshot_interval,
+            services=tuple(
+                s for s in PERSISTED_SERVICES if s != "dynamodb" or dynamodb_url is None
+            ),
         )
-
-    class Dispatcher(DomainDispatcherApplication):
-        """moto's dispatcher, remembering which backend serves a host: moto finds it
-        anew per request by listing its package directory and trying every service's
-        URL patterns, a fixed answer that cost ~5% of the process's CPU."""
-
-        def __init__(self, create_app: Any) -> None:
-            super().__init__(create_app)
-            self.backends: dict[str | None, Any] = {}
-
-        def get_backend_for_host(self, host: str | None) -> Any:
-            try:
-                return self.backends[host]
-            except KeyError:
-                backend = self.backends[host] = super().get_backend_for_host(host)
-                return backend
-
     return AwsApp(
-        moto_app=Dispatcher(create_backend_app),
+        moto_app=_moto_dispatcher(),
         jobs=jobs,
         s3_events=emitter,
         endpoints=endpoints,
@@ -842,6 +1014,7 @@ def build_aws_app(
         wsgi_workers=wsgi_workers,
         invoke_threads=invoke_threads,
         store=store,
+        dynamodb_url=dynamodb_url,
     )
 
 
@@ -952,13 +1125,14 @@ class LocalAwsServer:
         return self
 
     def stop(self) -> None:
-        """Stop serving (open connections get a few seconds) and close an :class:`AwsApp`."""
+        """Stop serving (open connections get a few seconds) and close an :class:`AwsApp`
+        or a :class:`MotoApp`."""
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._server = self._thread = None
-        if isinstance(self.app, AwsApp):
+        if isinstance(self.app, (AwsApp, MotoApp)):
             self.app.close()
 
     def __enter__(self) -> LocalAwsServer:

@@ -41,6 +41,13 @@ outgrows :attr:`StateStore.journal_limit`).
 
 Restore (:meth:`StateStore.restore`) loads the snapshot, then replays the journals of
 its generation and later ones, and starts a new journal.
+
+A store may keep some of the services only (``services``): the local stack serves
+DynamoDB in a process of its own, whose store keeps ``dynamodb`` in a subdirectory of
+the state directory while the aws process's keeps the rest in the directory itself.
+A store whose own directory is empty *adopts* its services' state from another
+directory (``adopt_from``): what a stack that kept everything in one directory
+wrote is restored, DynamoDB included, and written to the new place at once.
 """
 
 from __future__ import annotations
@@ -59,7 +66,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 __all__ = [
     "PERSISTED_SERVICES",
@@ -257,6 +264,12 @@ class StateStore:
     journal_limit
         Journal bytes past which a snapshot is taken at the next check, so a restore
         never replays much.
+    services
+        The moto services kept (some of :data:`PERSISTED_SERVICES`); what the
+        snapshots and journals hold of others is left alone.
+    adopt_from
+        Another store's directory to restore these services from while this one holds
+        nothing yet (see the module's documentation).
 
     Examples
     --------
@@ -274,8 +287,15 @@ class StateStore:
         region: str,
         snapshot_interval: float = 600.0,
         journal_limit: int = 64 << 20,
+        services: tuple[str, ...] = PERSISTED_SERVICES,
+        adopt_from: Path | None = None,
     ) -> None:
+        unknown = set(services) - set(PERSISTED_SERVICES)
+        if unknown:
+            raise ValueError(f"not kept by a store: {sorted(unknown)}")
         self.directory = Path(directory)
+        self.services = tuple(services)
+        self.adopt_from = adopt_from
         self.account_id = account_id
         self.region = region
         self.snapshot_interval = snapshot_interval
@@ -308,8 +328,8 @@ class StateStore:
         from moto.backends import get_backend
 
         found: dict[str, dict[str, Any]] = {}
-        for service in PERSISTED_SERVICES:
-            regions = get_backend(service)[self.account_id]
+        for service in self.services:
+            regions = get_backend(cast(Any, service))[self.account_id]
             region = "aws" if service == "s3" else self.region
             found[service] = {region: regions[region]}
         return found
@@ -324,13 +344,15 @@ class StateStore:
         go away with a moto reset.
         """
         backends = self._backends()
-        s3 = backends["s3"]["aws"]
-        sqs = backends["sqs"][self.region]
-        self._wrap(s3, "put_object", self._after_s3_key, names=("bucket_name", "key_name"))
-        self._wrap(s3, "delete_object", self._after_s3_key, names=("bucket_name", "key_name"))
-        self._wrap(sqs, "send_message", self._after_sqs_send, names=("queue_name",))
-        self._wrap(sqs, "purge_queue", self._after_sqs_purge, names=("queue_name",))
-        self._wrap_sqs_delete(sqs)
+        if "s3" in backends:
+            s3 = backends["s3"]["aws"]
+            self._wrap(s3, "put_object", self._after_s3_key, names=("bucket_name", "key_name"))
+            self._wrap(s3, "delete_object", self._after_s3_key, names=("bucket_name", "key_name"))
+        if "sqs" in backends:
+            sqs = backends["sqs"][self.region]
+            self._wrap(sqs, "send_message", self._after_sqs_send, names=("queue_name",))
+            self._wrap(sqs, "purge_queue", self._after_sqs_purge, names=("queue_name",))
+            self._wrap_sqs_delete(sqs)
 
     def _wrap(
         self,
@@ -513,7 +535,19 @@ class StateStore:
         """
         started = time.perf_counter()
         self.directory.mkdir(parents=True, exist_ok=True)
-        snapshot_path = self.directory / SNAPSHOT_NAME
+        source = self.directory
+        adopted = False
+        if (
+            self.adopt_from is not None
+            and not (source / SNAPSHOT_NAME).exists()
+            and not any(source.glob(_JOURNAL_GLOB))
+            and (
+                (self.adopt_from / SNAPSHOT_NAME).exists()
+                or any(self.adopt_from.glob(_JOURNAL_GLOB))
+            )
+        ):
+            source, adopted = self.adopt_from, True
+        snapshot_path = source / SNAPSHOT_NAME
         generation = 0
         loaded = False
         if snapshot_path.exists():
@@ -533,7 +567,7 @@ class StateStore:
             self._load(state)
             loaded = True
         journals = sorted(
-            (p for p in self.directory.glob(_JOURNAL_GLOB) if _generation(p) >= generation),
+            (p for p in source.glob(_JOURNAL_GLOB) if _generation(p) >= generation),
             key=_generation,
         )
         records = skipped = 0
@@ -544,15 +578,21 @@ class StateStore:
             except Exception as error:  # a record of classes that changed (an upgrade)
                 raise StateUnreadable(path, repr(error)) from error
             for participant, payload in found:
+                if not self._keeps(participant, backends):
+                    continue  # another store's record (a journal both once shared)
                 records += 1
                 try:
                     self._replay(participant, payload, moto_app, backends)
                 except Exception as error:
                     skipped += 1
                     logger.warning("journal record of %s not restored: %r", participant, error)
-        self._make_messages_visible()
+        if "sqs" in backends:
+            self._make_messages_visible()
         last = max([generation, *(_generation(p) for p in journals)])
         self._open_journal(last + 1)
+        if adopted:  # kept here from now on: the other store no longer keeps it
+            self.snapshot()
+            logger.info("adopted the state of %s from %s", ", ".join(self.services), source)
         return Restored(loaded, records, skipped, time.perf_counter() - started)
 
     def _load(self, state: Mapping[str, Any]) -> None:
@@ -571,6 +611,17 @@ class StateStore:
             participant = self._participants.get(name)
             if participant is not None:
                 participant.load_state(saved)
+
+    def _keeps(self, participant: str, backends: Mapping[str, Any]) -> bool:
+        """Whether a journal record of ``participant`` is this store's to replay: a
+        service it keeps, a participant registered with it, or (for a store keeping
+        every service, which owns the journal alone) anything else, refused by
+        :meth:`_replay` as unknown."""
+        if participant in PERSISTED_SERVICES:
+            return participant in backends
+        if participant in self._participants:
+            return True
+        return set(self.services) == set(PERSISTED_SERVICES)
 
     def _replay(
         self,

@@ -2,12 +2,18 @@
 
 :class:`~.stack.LocalStack` runs in the process that starts it (``local up``, the test
 fixture, a benchmark) and hosts the functions, their event routing and the HTTP API.
-It starts two more, each a fresh interpreter (``spawn``) serving one port:
+It starts three more, each a fresh interpreter (``spawn``) serving one port:
 
+- **dynamodb** (:func:`serve_dynamodb`): moto's DynamoDB and its kept state
+  (:func:`~.aws.build_dynamodb_app`). moto's DynamoDB is not thread-safe, so its
+  requests run one at a time; on an interpreter lock of their own, a request holds
+  that turn only for its own work. The functions call it directly
+  (``AWS_ENDPOINT_URL_DYNAMODB``).
 - **aws** (:func:`serve_aws`): the one AWS endpoint, ``AwsEndpointUrl``: moto, the
   SageMaker job service (whose job workers are this process's children), the S3
   events and the kept state (:mod:`.aws`). Invocations it receives are forwarded to
-  the endpoint process (:class:`~.aws.RemoteEndpoint`).
+  the endpoint process (:class:`~.aws.RemoteEndpoint`), DynamoDB requests to the
+  dynamodb process (:class:`~.aws.Forwarder`).
 - **endpoint** (:func:`serve_endpoint`): the multi-model endpoint's invocations
   (:class:`~.aws.InvocationsApp` over :class:`~.mme.MultiModelEndpoint`), which loads
   models from the aws process's S3 and publishes its metrics to its CloudWatch. The
@@ -16,7 +22,7 @@ It starts two more, each a fresh interpreter (``spawn``) serving one port:
 A child is driven through a pipe (:class:`ServiceProcess`): it answers ``ready`` with
 what the parent needs (its URL), then serves commands until ``stop``, or until the
 pipe closes because the parent died, and closes what it holds either way (the aws
-process takes its snapshot). Ctrl-C reaches the whole process group: children ignore
+and dynamodb processes take their snapshots). Ctrl-C reaches the whole process group: children ignore
 SIGINT and let the parent stop them in order.
 """
 
@@ -147,7 +153,8 @@ class ServiceProcess:
     Parameters
     ----------
     role
-        ``"aws"`` or ``"endpoint"``: the process's name (``citymodels-{role}``).
+        ``"aws"``, ``"dynamodb"`` or ``"endpoint"``: the process's name
+        (``citymodels-{role}``).
     build
         A module-level function building the :class:`Service` from ``spec`` (it runs
         in the child).
@@ -277,6 +284,7 @@ class AwsSpec:
     state_dir: Path | None
     fresh: bool
     snapshot_interval: float
+    dynamodb_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -298,6 +306,7 @@ class _AwsService:
             state_dir=spec.state_dir,
             fresh=spec.fresh,
             snapshot_interval=spec.snapshot_interval,
+            dynamodb_url=spec.dynamodb_url,
         )
         try:
             self.server = listen(self.app, spec.host, spec.port, "aws")
@@ -314,22 +323,27 @@ class _AwsService:
         if name == "register_endpoint":
             endpoint_name, url = args
             self.app.register_endpoint(endpoint_name, RemoteEndpoint(url, endpoint_name))
-        elif name == "checkpoint":
-            self.app.checkpoint()
-        elif name == "trace_start":  # (apart,): trace every request from now on (.trace)
-            from citymodels_devkit.local.trace import CONTROL
-
-            CONTROL.start(*args)
-        elif name == "trace_report":  # (stop,): what was traced; stop tracing if asked
-            from citymodels_devkit.local.trace import CONTROL
-
-            return CONTROL.take(*args)
-        else:
-            raise ChildFailed(f"unknown command {name!r}")
-        return None
+            return None
+        return _moto_command(self.app, name, *args)
 
     def close(self) -> None:
         self.server.stop()  # closes the app: the snapshot, the job workers
+
+
+def _moto_command(app: Any, name: str, *args: Any) -> Any:
+    """The commands of a process serving moto: ``checkpoint``, ``trace_start``,
+    ``trace_report``."""
+    from citymodels_devkit.local.trace import CONTROL
+
+    if name == "checkpoint":
+        app.checkpoint()
+    elif name == "trace_start":  # (apart,): trace every request from now on (.trace)
+        CONTROL.start(*args)
+    elif name == "trace_report":  # (stop,): what was traced; stop tracing if asked
+        return CONTROL.take(*args)
+    else:
+        raise ChildFailed(f"unknown command {name!r}")
+    return None
 
 
 def preload_aws() -> None:
@@ -346,6 +360,72 @@ def preload_aws() -> None:
 def serve_aws(spec: AwsSpec) -> _AwsService:
     """Build the aws process's service (runs in the child)."""
     return _AwsService(spec)
+
+
+# -- the DynamoDB process ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DynamoDBSpec:
+    """What the DynamoDB process is built from (see :func:`~.aws.build_dynamodb_app`).
+
+    Attributes
+    ----------
+    host
+        Where it listens (on a free port).
+    wsgi_workers
+        Threads serving moto.
+    state_dir, adopt_from, snapshot_interval
+        Where DynamoDB's state is kept (None: in memory only), the directory it is
+        adopted from while ``state_dir`` holds nothing, and the snapshots' period.
+    """
+
+    host: str
+    wsgi_workers: int
+    state_dir: Path | None
+    adopt_from: Path | None
+    snapshot_interval: float
+
+
+class _DynamoDBService:
+    def __init__(self, spec: DynamoDBSpec) -> None:
+        from citymodels_devkit.local.aws import build_dynamodb_app
+
+        self.app = build_dynamodb_app(
+            wsgi_workers=spec.wsgi_workers,
+            state_dir=spec.state_dir,
+            adopt_from=spec.adopt_from,
+            snapshot_interval=spec.snapshot_interval,
+        )
+        try:
+            self.server = listen(self.app, spec.host, 0, "dynamodb")
+        except BaseException:
+            self.app.close()
+            raise
+
+    def ready(self) -> AwsReady:
+        return AwsReady(self.server.url, self.app.restored)
+
+    def command(self, name: str, *args: Any) -> Any:
+        return _moto_command(self.app, name, *args)
+
+    def close(self) -> None:
+        self.server.stop()  # closes the app: the snapshot
+
+
+def preload_dynamodb() -> None:
+    """Import moto's server and its DynamoDB (the DynamoDB process's start)."""
+    from moto.backends import get_backend
+    from moto.moto_server import werkzeug_app  # noqa: F401
+
+    from citymodels_devkit.local import aws  # noqa: F401
+
+    get_backend("dynamodb")
+
+
+def serve_dynamodb(spec: DynamoDBSpec) -> _DynamoDBService:
+    """Build the DynamoDB process's service (runs in the child)."""
+    return _DynamoDBService(spec)
 
 
 # -- the endpoint process ----------------------------------------------------------------
@@ -488,12 +568,15 @@ __all__ = [
     "AwsReady",
     "AwsSpec",
     "ChildFailed",
+    "DynamoDBSpec",
     "EndpointSpec",
     "PortInUse",
     "ServiceProcess",
     "listen",
     "preload_aws",
+    "preload_dynamodb",
     "preload_endpoint",
     "serve_aws",
+    "serve_dynamodb",
     "serve_endpoint",
 ]

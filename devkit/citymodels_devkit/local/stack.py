@@ -2,16 +2,19 @@
 
 ``LocalStack`` reads ``template.yaml`` and, with no AWS account and no Docker:
 
-1. starts the aws process: one AWS endpoint (moto for what moto serves; SageMaker
-   jobs that really run, in its worker processes; AWS-shaped S3 events; the kept
-   state) — :mod:`.processes`, :mod:`.aws`, :mod:`.sagemaker`, :mod:`.s3events`;
+1. starts the DynamoDB process (moto's DynamoDB and its kept state), then the aws
+   process: one AWS endpoint (moto for what moto serves, DynamoDB forwarded to its
+   process; SageMaker jobs that really run, in its worker processes; AWS-shaped S3
+   events; the kept state) — :mod:`.processes`, :mod:`.aws`, :mod:`.sagemaker`,
+   :mod:`.s3events`;
 2. creates the template's bucket, table and queues there, and runs the deployment's
    bootstrap (the processing code and the preprocessor artifact in S3);
 3. starts the endpoint process: the multi-model endpoint's invocations, which
    ``AwsEndpointUrl`` forwards there, and its CloudWatch metrics every second —
    :mod:`.mme`;
 4. hosts the template's functions in this process with the template's environment and
-   ``AWS_ENDPOINT_URL`` set, routing events to them by the template's rules, and
+   ``AWS_ENDPOINT_URL`` set (and the DynamoDB and endpoint processes' own URLs for
+   those two services, as Lambda reaches each service's own endpoint), routing events to them by the template's rules, and
    invoking scheduled ones at the template's rate — :mod:`.lambdas`;
 5. serves the template's REST API with its authorizer, in this process — :mod:`.apigw`;
 6. prints and writes the stack outputs (docs/design.md §3, plus ``AwsEndpointUrl`` and
@@ -40,21 +43,25 @@ from citymodels_devkit.local.apigw import ApiGateway
 from citymodels_devkit.local.aws import LocalAwsServer
 from citymodels_devkit.local.lambdas import EventRouter, FunctionHost
 from citymodels_devkit.local.mme.metrics import EndpointStats
-from citymodels_devkit.local.persistence import Restored
+from citymodels_devkit.local.persistence import Restored, StateStore
 from citymodels_devkit.local.processes import (
     LOCAL_STACK_AGENT,
     AwsReady,
     AwsSpec,
+    DynamoDBSpec,
     EndpointSpec,
     PortInUse,
     ServiceProcess,
     listen,
     preload_aws,
+    preload_dynamodb,
     preload_endpoint,
     serve_aws,
+    serve_dynamodb,
     serve_endpoint,
 )
 from citymodels_devkit.local.template import ACCOUNT_ID, REGION, ResolvedTemplate, resolve_template
+from citymodels_devkit.local.trace import merge_reports
 from citymodels_devkit.paths import REPO_ROOT
 from citymodels_devkit.stack import PARAMETER_OUTPUTS
 
@@ -159,11 +166,14 @@ class LocalStack:
         """``AwsEndpointUrl``: every AWS API, invocations included (forwarded)."""
         self.endpoint_url: str | None = None
         """The endpoint process's own URL: SageMaker Runtime for the functions."""
+        self.dynamodb_url: str | None = None
+        """The DynamoDB process's own URL: DynamoDB for the functions."""
         self.router: EventRouter | None = None
         self.host: FunctionHost | None = None
         self.api: ApiGateway | None = None
         self._aws: ServiceProcess | None = None
         self._endpoint: ServiceProcess | None = None
+        self._dynamodb: ServiceProcess | None = None
         self._api_server: LocalAwsServer | None = None
         self._saved_env: dict[str, str | None] = {}
         self.restored: Restored | None = None
@@ -178,8 +188,11 @@ class LocalStack:
                 CREDENTIALS | {"AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION},
                 only_missing=True,
             )
-            # Both interpreters start now (with the credentials above) and import what
+            if opts.persist and opts.fresh:  # here, before any process keeps anything there
+                StateStore.wipe(opts.state_dir)
+            # The interpreters start now (with the credentials above) and import what
             # they need while this one reads the template; each gets its spec when wanted.
+            self._dynamodb = ServiceProcess("dynamodb", serve_dynamodb, preload_dynamodb).spawn()
             self._aws = ServiceProcess("aws", serve_aws, preload_aws).spawn()
             self._endpoint = ServiceProcess("endpoint", serve_endpoint, preload_endpoint).spawn()
             overrides = {**LOCAL_IMAGES, **opts.parameter_overrides}
@@ -199,6 +212,19 @@ class LocalStack:
             # Each queue's receiver holds a moto thread during its long poll: size moto's
             # pool for them plus the handlers' own calls, or calls queue behind polls.
             pollers = len(probe.rules) + len(probe.queue_sources)
+            # DynamoDB first: it adopts what a stack that kept it in the aws process's
+            # directory left there before the aws process's first snapshot drops it.
+            kept = opts.state_dir if opts.persist else None
+            tables: AwsReady = self._dynamodb.start(
+                DynamoDBSpec(
+                    host=opts.host,
+                    wsgi_workers=32,
+                    state_dir=None if kept is None else kept / "dynamodb",
+                    adopt_from=kept,
+                    snapshot_interval=opts.snapshot_interval_seconds,
+                )
+            )
+            self.dynamodb_url = tables.url
             ready: AwsReady = self._aws.start(
                 AwsSpec(
                     host=opts.host,
@@ -206,12 +232,13 @@ class LocalStack:
                     event_buckets=tuple(event_buckets),
                     job_workers=opts.job_workers,
                     wsgi_workers=pollers + 32,
-                    state_dir=opts.state_dir if opts.persist else None,
-                    fresh=opts.fresh,
+                    state_dir=kept,
+                    fresh=False,  # wiped above
                     snapshot_interval=opts.snapshot_interval_seconds,
+                    dynamodb_url=tables.url,
                 )
             )
-            self.restored = ready.restored
+            self.restored = _both(ready.restored, tables.restored)
             if self.restored is not None and not self.restored.empty:
                 log.info(
                     "restored the state of %s in %.2f s (%d journal records)",
@@ -220,8 +247,8 @@ class LocalStack:
                     self.restored.records,
                 )
             aws_url = self.aws_url = ready.url
-            self._set_env({"AWS_ENDPOINT_URL": aws_url})
-            clients = _Clients(aws_url)
+            self._set_env({"AWS_ENDPOINT_URL": aws_url, "AWS_ENDPOINT_URL_DYNAMODB": tables.url})
+            clients = _Clients(aws_url, tables.url)
             self._create_resources(probe, clients)
             published = self._bootstrap(probe, clients)
             stack = resolve_template(
@@ -236,13 +263,14 @@ class LocalStack:
             self._aws.call("register_endpoint", stack.endpoint_name, endpoint_url)
 
             env = FunctionHost.environment(stack)
-            # The functions call the endpoint's process directly (as Lambda calls
-            # SageMaker Runtime's own endpoint); every other client takes AwsEndpointUrl.
+            # The functions call the endpoint's and DynamoDB's processes directly (as
+            # Lambda calls each service's own endpoint); other clients take AwsEndpointUrl.
             env.update(
                 {
                     "POWERTOOLS_TRACE_DISABLED": "true",
                     "AWS_ENDPOINT_URL": aws_url,
                     "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": endpoint_url,
+                    "AWS_ENDPOINT_URL_DYNAMODB": tables.url,
                 }
             )
             self._set_env(env)
@@ -263,6 +291,7 @@ class LocalStack:
             self.api = ApiGateway(stack, self.host)
             self._api_server = listen(self.api, opts.host, opts.api_port, "api")
             self.outputs = self._outputs(stack, clients)
+            self._dynamodb.call("checkpoint")
             self._aws.call("checkpoint")
             return self.outputs
         except BaseException:
@@ -275,10 +304,12 @@ class LocalStack:
             self.router.stop()
         if self._api_server is not None:
             self._api_server.stop()
-        for process in (self._endpoint, self._aws):  # the aws process last: its snapshot
+        # the aws process after the endpoint (which reads its S3), DynamoDB last (the
+        # aws process forwards to it); each takes its snapshot as it stops
+        for process in (self._endpoint, self._aws, self._dynamodb):
             if process is not None:
                 process.stop()
-        self._api_server = self._endpoint = self._aws = None
+        self._api_server = self._endpoint = self._aws = self._dynamodb = None
         for name, value in self._saved_env.items():
             if value is None:
                 os.environ.pop(name, None)
@@ -383,7 +414,7 @@ class LocalStack:
 
     def dead(self) -> str | None:
         """What went wrong if a process of the stack ended on its own, else None."""
-        for process in (self._aws, self._endpoint):
+        for process in (self._aws, self._dynamodb, self._endpoint):
             if process is not None and process.exit_code is not None:
                 return f"the local stack's {process.role} process ended (exit code {process.exit_code})"
         return None
@@ -395,20 +426,22 @@ class LocalStack:
         (diagnostics, off until started: :mod:`.trace`). ``start=True`` starts afresh,
         counting User-Agents containing a key of ``apart`` as that caller; otherwise the
         report since then is returned (None if never started) and tracing stops."""
-        if self._aws is None:
+        if self._aws is None or self._dynamodb is None:
             raise RuntimeError("the local stack is not running")
         if start:
-            self._aws.call("trace_start", dict(apart or {}))
+            for process in (self._aws, self._dynamodb):
+                process.call("trace_start", dict(apart or {}))
             return None
-        report: dict[str, Any] | None = self._aws.call("trace_report", True)
-        return report
+        reports = [p.call("trace_report", True) for p in (self._aws, self._dynamodb)]
+        return merge_reports([r for r in reports if r is not None]) if any(reports) else None
 
     def processes(self) -> dict[str, int]:
         """The stack's processes by role: ``functions`` (this one: the functions, their
-        event routing and the HTTP API), ``aws`` and ``endpoint``; the job workers are
-        the aws process's children."""
+        event routing and the HTTP API), ``aws``, ``dynamodb`` and ``endpoint``; the job
+        workers are the aws process's children."""
         found = {"functions": os.getpid()}
-        for role, process in (("aws", self._aws), ("endpoint", self._endpoint)):
+        roles = (("aws", self._aws), ("dynamodb", self._dynamodb), ("endpoint", self._endpoint))
+        for role, process in roles:
             if process is not None and process.pid is not None:
                 found[role] = process.pid
         return found
@@ -468,7 +501,7 @@ class LocalStack:
 class _Clients:
     """boto3 clients on the local AWS endpoint."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, dynamodb_url: str) -> None:
         from botocore.config import Config
 
         session = boto3.session.Session(
@@ -482,11 +515,23 @@ class _Clients:
             user_agent_extra=LOCAL_STACK_AGENT,
         )
         self.s3 = session.client("s3", endpoint_url=url, config=config)
-        self.dynamodb = session.client("dynamodb", endpoint_url=url, config=config)
+        self.dynamodb = session.client("dynamodb", endpoint_url=dynamodb_url, config=config)
         self.sqs = session.client("sqs", endpoint_url=url, config=config)
         self.events = session.client("events", endpoint_url=url, config=config)
         self.cloudwatch = session.client("cloudwatch", endpoint_url=url, config=config)
         self.queue_urls: dict[str, str] = {}
+
+
+def _both(aws: Restored | None, dynamodb: Restored | None) -> Restored | None:
+    """What the aws and DynamoDB processes restored, as one."""
+    if aws is None or dynamodb is None:
+        return aws or dynamodb
+    return Restored(
+        snapshot=aws.snapshot or dynamodb.snapshot,
+        records=aws.records + dynamodb.records,
+        skipped=aws.skipped + dynamodb.skipped,
+        seconds=max(aws.seconds, dynamodb.seconds),
+    )
 
 
 def _load_module(path: Path, name: str) -> ModuleType:

@@ -1,11 +1,14 @@
 """Tracing the requests the local AWS endpoint serves: diagnostics, off by default.
 
 :class:`RequestTrace` counts and times every request the aws process's
-:class:`~.aws.AwsApp` serves, by operation and by caller (told apart by the User-Agent),
-both as the server sees it and inside moto. It is switched on and read through the aws
-process's commands (``LocalStack.request_trace``); until then nothing of it runs. While
-on it wraps ``AwsApp.__call__`` and ``_MotoEnviron.__call__`` (in that process alone,
-which holds one app) and puts the originals back when switched off.
+:class:`~.aws.AwsApp` and the DynamoDB process's :class:`~.aws.MotoApp` serve, by
+operation and by caller (told apart by the User-Agent), both as the server sees it
+and inside moto. It is switched on and read through each process's commands
+(``LocalStack.request_trace``, which merges the two reports: :func:`merge_reports`);
+until then nothing of it runs. While on it wraps ``AwsApp.__call__``,
+``MotoApp.__call__`` and ``_MotoEnviron.__call__`` (in its process alone, which holds
+one app) and puts the originals back when switched off. A request the aws process
+forwards to the DynamoDB process is counted there only.
 
 Callers:
 
@@ -74,7 +77,7 @@ class RequestTrace:
         self._samples: dict[str, list[tuple[float, float | None, float | None]]] = defaultdict(list)
         self._callers: dict[tuple[str, str], list[float]] = defaultdict(list)
         self._since = time.perf_counter()
-        self._originals: tuple[Any, Any] | None = None
+        self._originals: tuple[Any, ...] | None = None
         self._timed: list[Any] = []  # the _MotoEnviron instances whose app is wrapped
 
     # -- switching on and off
@@ -90,9 +93,9 @@ class RequestTrace:
 
         if self._originals is not None:
             return
-        original = aws.AwsApp.__call__
+        originals = (aws.AwsApp.__call__, aws.MotoApp.__call__)
         original_moto = aws._MotoEnviron.__call__
-        self._originals = (original, original_moto)
+        self._originals = (*originals, original_moto)
         trace = self
 
         def timed_moto(app: Any, environ: dict[str, Any], start_response: Any) -> Any:
@@ -109,59 +112,70 @@ class RequestTrace:
                 if scope is not None:
                     scope[SCOPE_KEY] = time.perf_counter() - started
 
-        async def traced(app: Any, scope: Any, receive: Any, send: Any) -> None:
-            if scope.get("type") != "http":
-                await original(app, scope, receive, send)
-                return
-            headers = dict(scope.get("headers") or [])
-            name = operation(scope, headers)
-            if b"x-www-form-urlencoded" in headers.get(b"content-type", b""):
-                body = await aws._read_body(receive)  # query protocol: Action in the body
-                fields = body.decode("latin-1").split("&")
-                action = next((f[7:] for f in fields if f.startswith("Action=")), "?")
-                name = f"{action} (query)"
-                receive = aws._replay(body, receive)
-            who = trace.caller(name, headers.get(b"user-agent", b""))
-            if who in trace.apart.values():
-                name = f"{who}: {name}"
-            started = time.perf_counter()
-            recorded = False
+        def tracing(original: Any) -> Any:
+            async def traced(app: Any, scope: Any, receive: Any, send: Any) -> None:
+                await trace._traced(original, app, scope, receive, send)
 
-            def record() -> None:
-                nonlocal recorded
-                if not recorded:
-                    recorded = True
-                    elapsed = time.perf_counter() - started
-                    with trace._lock:
-                        trace._samples[name].append(
-                            (elapsed, scope.get(SCOPE_KEY), scope.get(OWN_KEY))
-                        )
-                        trace._callers[(who, name)].append(elapsed)
+            return traced
 
-            length: list[int] = []  # Content-Length, then the body bytes still to send
-
-            async def timed_send(message: Any) -> None:
-                # Counted as the last byte goes out, before the client can have it all
-                # (a2wsgi sends the body, then an empty last message).
-                kind = message.get("type")
-                if kind == "http.response.start":
-                    for key, value in message.get("headers") or ():
-                        if key.lower() == b"content-length":
-                            length.append(int(value))
-                elif kind == "http.response.body":
-                    if length:
-                        length[0] -= len(message.get("body", b""))
-                    if not message.get("more_body") or (length and length[0] <= 0):
-                        record()
-                await send(message)
-
-            try:
-                await original(app, scope, receive, timed_send)
-            finally:
-                record()  # no complete answer (an error, a disconnect): counted still
-
-        aws.AwsApp.__call__ = traced  # type: ignore[method-assign,assignment]
+        aws.AwsApp.__call__, aws.MotoApp.__call__ = map(tracing, originals)  # type: ignore[method-assign]
         aws._MotoEnviron.__call__ = timed_moto  # type: ignore[method-assign,assignment]
+
+    async def _traced(self, original: Any, app: Any, scope: Any, receive: Any, send: Any) -> None:
+        from citymodels_devkit.local import aws
+
+        trace = self
+        if scope.get("type") != "http":
+            await original(app, scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        forwards = getattr(app, "forwards", None)
+        if forwards is not None and forwards(headers):  # counted where it is served
+            await original(app, scope, receive, send)
+            return
+        name = operation(scope, headers)
+        if b"x-www-form-urlencoded" in headers.get(b"content-type", b""):
+            body = await aws._read_body(receive)  # query protocol: Action in the body
+            fields = body.decode("latin-1").split("&")
+            action = next((f[7:] for f in fields if f.startswith("Action=")), "?")
+            name = f"{action} (query)"
+            receive = aws._replay(body, receive)
+        who = trace.caller(name, headers.get(b"user-agent", b""))
+        if who in trace.apart.values():
+            name = f"{who}: {name}"
+        started = time.perf_counter()
+        recorded = False
+
+        def record() -> None:
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                elapsed = time.perf_counter() - started
+                with trace._lock:
+                    trace._samples[name].append((elapsed, scope.get(SCOPE_KEY), scope.get(OWN_KEY)))
+                    trace._callers[(who, name)].append(elapsed)
+
+        length: list[int] = []  # Content-Length, then the body bytes still to send
+
+        async def timed_send(message: Any) -> None:
+            # Counted as the last byte goes out, before the client can have it all
+            # (a2wsgi sends the body, then an empty last message).
+            kind = message.get("type")
+            if kind == "http.response.start":
+                for key, value in message.get("headers") or ():
+                    if key.lower() == b"content-length":
+                        length.append(int(value))
+            elif kind == "http.response.body":
+                if length:
+                    length[0] -= len(message.get("body", b""))
+                if not message.get("more_body") or (length and length[0] <= 0):
+                    record()
+            await send(message)
+
+        try:
+            await original(app, scope, receive, timed_send)
+        finally:
+            record()  # no complete answer (an error, a disconnect): counted still
 
     def uninstall(self) -> None:
         """Stop tracing: the app's own methods again."""
@@ -169,7 +183,8 @@ class RequestTrace:
 
         if self._originals is None:
             return
-        aws.AwsApp.__call__, aws._MotoEnviron.__call__ = self._originals  # type: ignore[method-assign]
+        originals: Any = self._originals
+        aws.AwsApp.__call__, aws.MotoApp.__call__, aws._MotoEnviron.__call__ = originals  # type: ignore[method-assign]
         self._originals = None
         with self._lock:
             for environ_app in self._timed:
@@ -266,6 +281,37 @@ def operation(scope: Mapping[str, Any], headers: Mapping[bytes, bytes]) -> str:
     return f"S3 {scope.get('method')} {s3_kind}{suffix}"
 
 
+def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report of several processes' (:meth:`RequestTrace.report`): each serves
+    its own operations (a forwarded request is counted where it is served); an
+    operation two of them served is summed, its medians the busier one's."""
+    operations: dict[str, dict[str, Any]] = {}
+    callers: dict[str, dict[str, Any]] = {}
+    for report in reports:
+        for name, row in report["operations"].items():
+            kept = operations.get(name)
+            if kept is None:
+                operations[name] = dict(row)
+                continue
+            busier = row if row["count"] > kept["count"] else kept
+            merged = {**busier}
+            for key in row.keys() & kept.keys():
+                if key.endswith("_total") or key in ("count", "mean_in_flight"):
+                    merged[key] = (row[key] or 0) + (kept[key] or 0)
+            operations[name] = merged
+        for who, entry in report["callers"].items():
+            into = callers.setdefault(who, {"count": 0, "server_s_total": 0.0, "operations": {}})
+            into["count"] += entry["count"]
+            into["server_s_total"] += entry["server_s_total"]
+            for name, count in entry["operations"].items():
+                into["operations"][name] = into["operations"].get(name, 0) + count
+    return {
+        "window_s": max((r["window_s"] for r in reports), default=0.0),
+        "operations": dict(sorted(operations.items(), key=lambda kv: -kv[1]["server_s_total"])),
+        "callers": callers,
+    }
+
+
 class TraceControl:
     """The aws process's trace, driven by its commands (:mod:`.processes`).
 
@@ -295,4 +341,12 @@ class TraceControl:
 CONTROL = TraceControl()
 """This process's trace (what it patches is process-wide, so there is one)."""
 
-__all__ = ["CONTROL", "OWN_KEY", "SCOPE_KEY", "RequestTrace", "TraceControl", "operation"]
+__all__ = [
+    "CONTROL",
+    "OWN_KEY",
+    "SCOPE_KEY",
+    "RequestTrace",
+    "TraceControl",
+    "merge_reports",
+    "operation",
+]
