@@ -182,3 +182,41 @@ def test_a_receive_checks_retention_without_reading_every_message(
         queue = sqs_backends["123456789012"]["us-east-1"].get_queue("short")
         queue._messages[0].sent_timestamp -= 61_000
         assert "Messages" not in sqs.receive_message(QueueUrl=short)
+
+
+def test_update_validators_build_their_handlers_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto.dynamodb.parsing import validators
+
+    hotpaths.install()
+    built: list[str] = []
+    original = validators.ExpressionAttributeValueProcessor._processing_map
+
+    def counted(self: Any) -> Any:
+        built.append(type(self).__name__)
+        return original(self)
+
+    monkeypatch.setattr(validators.ExpressionAttributeValueProcessor, "_processing_map", counted)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        ddb = boto3.client("dynamodb", region_name="us-east-1")
+        ddb.create_table(
+            TableName="t",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        ddb.put_item(TableName="t", Item={"pk": {"S": "a"}})
+        values = {f":v{i}": {"N": str(i)} for i in range(12)}
+        ddb.update_item(
+            TableName="t",
+            Key={"pk": {"S": "a"}},
+            UpdateExpression="SET " + ", ".join(f"a{i} = :v{i}" for i in range(12)),
+            ExpressionAttributeValues=values,
+        )
+        item = ddb.get_item(TableName="t", Key={"pk": {"S": "a"}})["Item"]
+    assert {name: item[name] for name in item if name != "pk"} == {
+        f"a{i}": {"N": str(i)} for i in range(12)
+    }
+    assert len(built) == 1  # one validator, its map built once for every node it visits

@@ -23,7 +23,12 @@ process's CPU that a real service does not pay:
   message of the queue: a receive cost in proportion to the queue's depth. Here the
   check reads the queue's retention period itself.
 
-:func:`install` patches the four places, once per process.
+- **DynamoDB update validation** (~7 % of the DynamoDB process at 1,000 cities):
+  moto's validators walk the update expression's tree, and each rebuilt its map of
+  node types to handlers twice for every node it visited. The map (fixed per
+  validator: its node types and bound methods) is built once per validator.
+
+:func:`install` patches the five places, once per process.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-__all__ = ["install", "list_objects", "retained"]
+__all__ = ["install", "list_objects", "nodes_to_be_processed", "process", "retained"]
 
 _INSTALLED = False
 
@@ -68,6 +73,28 @@ def retained(backend: Any, queue_name: str, message: Any) -> bool:
     return bool(period + message.sent_timestamp / 1000 > unix_time())
 
 
+def _handlers(traverser: Any) -> tuple[tuple[type, ...], Any]:
+    """A moto ``DepthFirstTraverser``'s node types and its map to handlers, kept."""
+    kept = traverser.__dict__.get("_cm_handlers")
+    if kept is None:
+        handlers = traverser._processing_map()
+        kept = traverser.__dict__["_cm_handlers"] = (tuple(handlers), handlers)
+    return kept  # type: ignore[no-any-return]
+
+
+def nodes_to_be_processed(traverser: Any) -> tuple[type, ...]:
+    """``DepthFirstTraverser.nodes_to_be_processed``, from the kept map."""
+    return _handlers(traverser)[0]
+
+
+def process(traverser: Any, node: Any) -> Any:
+    """``DepthFirstTraverser.process``: the first handler whose type ``node`` is."""
+    for node_type, handler in _handlers(traverser)[1].items():
+        if isinstance(node, node_type):
+            return handler(node)
+    return None
+
+
 class _Prefixed:
     """A bucket as ``list_objects`` reads it, with only the named keys."""
 
@@ -92,7 +119,7 @@ class _Names:
 
 
 def install() -> None:
-    """Install the four (idempotent)."""
+    """Install the five (idempotent)."""
     global _INSTALLED
     if _INSTALLED:
         return
@@ -105,6 +132,9 @@ def install() -> None:
     jsonpath: Any = importlib.import_module("jsonpath_ng.ext")
     jsonpath.parse = functools.lru_cache(maxsize=1024)(jsonpath.parse)
     parser: Any = importlib.import_module("moto.dynamodb.parsing.expressions")
+    tree: Any = importlib.import_module("moto.dynamodb.parsing.ast_nodes")
+    tree.DepthFirstTraverser.nodes_to_be_processed = nodes_to_be_processed
+    tree.DepthFirstTraverser.process = process
     make: Any = functools.lru_cache(maxsize=1024)(parser.UpdateExpressionParser.make.__func__)
     parser.UpdateExpressionParser.make = classmethod(make)
     # a table bucket (S3 Tables) is refused by moto's own check: leave it to moto
