@@ -1623,7 +1623,7 @@ def _add_local_commands(commands: Any) -> None:
         help="memory each loaded model stands for (MemoryUtilization)",
     )
     up.add_argument(
-        "--job-workers", type=int, default=2, help="processes running SageMaker jobs (default 2)"
+        "--job-workers", type=int, default=3, help="processes running SageMaker jobs (default 3)"
     )
     up.add_argument(
         "--log-level", default="WARNING", help="the functions' log level (default WARNING)"

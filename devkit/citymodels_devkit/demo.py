@@ -135,7 +135,7 @@ class DemoOptions:
     noise: float = 10_000.0
     copies: int = 200
     keep_running: bool = False
-    job_workers: int = 2
+    job_workers: int = 3
 
     def check(self) -> None:
         """Raise :class:`UsageError` for options the demo cannot run with."""
