@@ -220,3 +220,41 @@ def test_update_validators_build_their_handlers_once(monkeypatch: pytest.MonkeyP
         f"a{i}": {"N": str(i)} for i in range(12)
     }
     assert len(built) == 1  # one validator, its map built once for every node it visits
+
+
+def test_a_send_reads_only_the_attribute_it_needs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto.sqs.models import Queue, SQSBackend
+
+    monkeypatch.setattr(SQSBackend, "send_message", hotpaths.send_message(SQSBackend.send_message))
+    full = Queue.attributes.fget  # type: ignore[attr-defined]
+    monkeypatch.setattr(Queue, "attributes", hotpaths.queue_attributes(full))
+    depth_reads: list[int] = []
+    original = Queue.approximate_number_of_messages
+    monkeypatch.setattr(
+        Queue,
+        "approximate_number_of_messages",
+        property(lambda queue: depth_reads.append(1) or original.fget(queue)),  # type: ignore[attr-defined]
+    )
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        plain = sqs.create_queue(QueueName="plain")["QueueUrl"]
+        fifo = sqs.create_queue(
+            QueueName="dedup.fifo",
+            Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "true"},
+        )["QueueUrl"]
+        depth_reads.clear()
+        for _ in range(3):
+            sqs.send_message(QueueUrl=plain, MessageBody="same")
+            sqs.send_message(QueueUrl=fifo, MessageBody="same", MessageGroupId="g")
+        assert depth_reads == []  # no walk over the queue per message sent
+        # the FIFO queue still deduplicates by content, the other keeps every copy
+        counts = {
+            url: sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+            for url in (plain, fifo)
+        }
+    assert counts[plain]["ApproximateNumberOfMessages"] == "3"
+    assert counts[fifo]["ApproximateNumberOfMessages"] == "1"
+    assert counts[fifo]["ContentBasedDeduplication"] == "true"  # the whole map, outside sends
