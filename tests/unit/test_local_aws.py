@@ -879,3 +879,50 @@ def test_a_job_that_kills_its_worker_fails_and_the_next_job_still_runs(stack: St
     assert after["ProcessingJobStatus"] == "Completed", after.get("FailureReason")
     listed = s3.list_objects_v2(Bucket=BUCKET, Prefix="cm-cmlocal-after-crash-1-output/")
     assert [o["Key"] for o in listed["Contents"]] == ["cm-cmlocal-after-crash-1-output/x.txt"]
+
+
+def test_a_wsgi_app_is_served_whole_in_one_hand_off() -> None:
+    from citymodels_devkit.local.aws import WsgiOnThreads
+
+    seen: dict[str, Any] = {}
+
+    class Answer:
+        """A WSGI answer in parts, one written before them, with a close()."""
+
+        closed = False
+
+        def __iter__(self) -> Iterator[bytes]:
+            yield b"two,"
+            yield b"three"
+
+        def close(self) -> None:
+            Answer.closed = True
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        seen["body"] = environ["wsgi.input"].read()
+        seen["path"], seen["query"] = environ["PATH_INFO"], environ["QUERY_STRING"]
+        seen["header"] = environ["HTTP_X_AMZ_META_CITY"]
+        write = start_response("409 Conflict", [("X-Kind", " parts "), ("Content-Length", "13")])
+        write(b"one,")
+        return Answer()
+
+    bridge = WsgiOnThreads(app, workers=2)
+    server = LocalAwsServer(bridge, port=0).start()
+    try:
+        answer = httpx.post(
+            f"{server.url}/b/k?uploads=1",
+            content=b"payload",
+            headers={"x-amz-meta-city": "Springfield"},
+        )
+    finally:
+        server.stop()
+        bridge.close()
+    assert (answer.status_code, answer.text) == (409, "one,two,three")
+    assert answer.headers["x-kind"] == "parts"
+    assert seen == {
+        "body": b"payload",
+        "path": "/b/k",
+        "query": "uploads=1",
+        "header": "Springfield",
+    }
+    assert Answer.closed

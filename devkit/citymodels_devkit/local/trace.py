@@ -60,7 +60,7 @@ class RequestTrace:
 
     For each operation: ``server`` time, from the request's arrival at the ASGI app to
     its last response byte; for requests moto serves, ``moto`` time, inside the WSGI
-    application (on an a2wsgi worker thread): the difference is waiting for a WSGI
+    application (on a :class:`~.aws.WsgiOnThreads` thread): the difference is waiting for a WSGI
     thread and the ASGI/WSGI hand-offs; and ``moto_own``, inside moto's application
     itself: for DynamoDB, ``moto`` minus ``moto_own`` is the wait for the lock that
     serialises its calls (and the journal, when the state is kept).
@@ -159,7 +159,7 @@ class RequestTrace:
 
         async def timed_send(message: Any) -> None:
             # Counted as the last byte goes out, before the client can have it all
-            # (a2wsgi sends the body, then an empty last message).
+            # (a streaming bridge sends the body, then an empty last message).
             kind = message.get("type")
             if kind == "http.response.start":
                 for key, value in message.get("headers") or ():
