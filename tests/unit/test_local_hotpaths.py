@@ -31,12 +31,42 @@ NAMES = [
 ]
 
 
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Any:
+def moto(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """moto in-process, with test credentials and no endpoint of a running stack."""
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(name, "testing")
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
+    return mock_aws()
+
+
+def create_table(ddb: Any) -> None:
+    """Table ``t``, keyed by ``pk``."""
+    ddb.create_table(
+        TableName="t",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+
+def count_depth_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that grows by one each time moto counts a queue's messages (its
+    ``ApproximateNumberOfMessages``, a walk over the whole queue)."""
+    from moto.sqs.models import Queue
+
+    reads: list[int] = []
+    original = Queue.approximate_number_of_messages
+    monkeypatch.setattr(
+        Queue,
+        "approximate_number_of_messages",
+        property(lambda queue: reads.append(1) or original.fget(queue)),  # type: ignore[attr-defined]
+    )
+    return reads
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Any:
+    with moto(monkeypatch):
         client = boto3.client("s3", region_name="us-east-1")
         client.create_bucket(Bucket=BUCKET)
         client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
@@ -100,17 +130,9 @@ def test_an_update_expression_parsed_once_serves_every_item(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     hotpaths.install()
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(name, "testing")
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
+    with moto(monkeypatch):
         ddb = boto3.client("dynamodb", region_name="us-east-1")
-        ddb.create_table(
-            TableName="t",
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        create_table(ddb)
         expression = "SET n = if_not_exists(n, :zero) + :one, tag = :tag"
         for pk, tag in itertools.product(("a", "b"), ("x", "y", "z")):
             ddb.update_item(
@@ -150,20 +172,11 @@ def test_event_input_paths_are_parsed_once() -> None:
 def test_a_receive_checks_retention_without_reading_every_message(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from moto.sqs.models import Queue, SQSBackend
+    from moto.sqs.models import SQSBackend
 
     monkeypatch.setattr(SQSBackend, "is_message_valid_based_on_retention_period", hotpaths.retained)
-    depth_reads: list[int] = []
-    original = Queue.approximate_number_of_messages
-    monkeypatch.setattr(
-        Queue,
-        "approximate_number_of_messages",
-        property(lambda queue: depth_reads.append(1) or original.fget(queue)),  # type: ignore[attr-defined]
-    )
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(name, "testing")
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
+    depth_reads = count_depth_reads(monkeypatch)
+    with moto(monkeypatch):
         sqs = boto3.client("sqs", region_name="us-east-1")
         kept = sqs.create_queue(QueueName="kept")["QueueUrl"]
         short = sqs.create_queue(QueueName="short", Attributes={"MessageRetentionPeriod": "60"})[
@@ -196,17 +209,9 @@ def test_update_validators_build_their_handlers_once(monkeypatch: pytest.MonkeyP
         return original(self)
 
     monkeypatch.setattr(validators.ExpressionAttributeValueProcessor, "_processing_map", counted)
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(name, "testing")
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
+    with moto(monkeypatch):
         ddb = boto3.client("dynamodb", region_name="us-east-1")
-        ddb.create_table(
-            TableName="t",
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        create_table(ddb)
         ddb.put_item(TableName="t", Item={"pk": {"S": "a"}})
         values = {f":v{i}": {"N": str(i)} for i in range(12)}
         ddb.update_item(
@@ -228,17 +233,8 @@ def test_a_send_reads_only_the_attribute_it_needs(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(SQSBackend, "send_message", hotpaths.send_message(SQSBackend.send_message))
     full = Queue.attributes.fget  # type: ignore[attr-defined]
     monkeypatch.setattr(Queue, "attributes", hotpaths.queue_attributes(full))
-    depth_reads: list[int] = []
-    original = Queue.approximate_number_of_messages
-    monkeypatch.setattr(
-        Queue,
-        "approximate_number_of_messages",
-        property(lambda queue: depth_reads.append(1) or original.fget(queue)),  # type: ignore[attr-defined]
-    )
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(name, "testing")
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
+    depth_reads = count_depth_reads(monkeypatch)
+    with moto(monkeypatch):
         sqs = boto3.client("sqs", region_name="us-east-1")
         plain = sqs.create_queue(QueueName="plain")["QueueUrl"]
         fifo = sqs.create_queue(

@@ -120,28 +120,24 @@ def test_the_processes_reports_merge_into_one() -> None:
     def row(count: int, total: float) -> dict[str, Any]:
         return {"count": count, "server_s_total": total, "server_ms_p50": total / count * 1e3}
 
-    aws_report = {
-        "window_s": 10.0,
-        "operations": {"S3 GET object": row(4, 0.4), "ListTables (DynamoDB)": row(1, 0.1)},
-        "callers": {
-            "application": {
-                "count": 5,
-                "server_s_total": 0.5,
-                "operations": {"S3 GET object": 4, "ListTables (DynamoDB)": 1},
-            }
-        },
-    }
-    tables_report = {
-        "window_s": 10.5,
-        "operations": {"ListTables (DynamoDB)": row(3, 0.9), "GetItem (DynamoDB)": row(2, 0.2)},
-        "callers": {
-            "application": {
-                "count": 5,
-                "server_s_total": 1.1,
-                "operations": {"ListTables (DynamoDB)": 3, "GetItem (DynamoDB)": 2},
-            }
-        },
-    }
+    def report(window: float, rows: dict[str, tuple[int, float]]) -> dict[str, Any]:
+        """One process's report: its operations, every call the application's."""
+        return {
+            "window_s": window,
+            "operations": {name: row(*value) for name, value in rows.items()},
+            "callers": {
+                "application": {
+                    "count": sum(count for count, _ in rows.values()),
+                    "server_s_total": sum(total for _, total in rows.values()),
+                    "operations": {name: count for name, (count, _) in rows.items()},
+                }
+            },
+        }
+
+    aws_report = report(10.0, {"S3 GET object": (4, 0.4), "ListTables (DynamoDB)": (1, 0.1)})
+    tables_report = report(
+        10.5, {"ListTables (DynamoDB)": (3, 0.9), "GetItem (DynamoDB)": (2, 0.2)}
+    )
     merged = merge_reports([aws_report, tables_report])
     assert merged["window_s"] == 10.5
     assert list(merged["operations"]) == [

@@ -295,11 +295,44 @@ class AwsReady:
     restored: Any  # persistence.Restored | None
 
 
-class _AwsService:
+class _MotoService:
+    """A process serving moto (aws, dynamodb): its app on a port, and the commands
+    ``checkpoint``, ``trace_start`` and ``trace_report``; closing it stops the server,
+    which closes the app (its snapshot; the aws app's job workers)."""
+
+    def __init__(self, app: Any, host: str, port: int, which: str) -> None:
+        self.app = app
+        try:
+            self.server = listen(app, host, port, which)
+        except BaseException:
+            app.close()
+            raise
+
+    def ready(self) -> AwsReady:
+        return AwsReady(self.server.url, self.app.restored)
+
+    def command(self, name: str, *args: Any) -> Any:
+        from citymodels_devkit.local.trace import CONTROL
+
+        if name == "checkpoint":
+            self.app.checkpoint()
+        elif name == "trace_start":  # (apart,): trace every request from now on (.trace)
+            CONTROL.start(*args)
+        elif name == "trace_report":  # (stop,): what was traced; stop tracing if asked
+            return CONTROL.take(*args)
+        else:
+            raise ChildFailed(f"unknown command {name!r}")
+        return None
+
+    def close(self) -> None:
+        self.server.stop()
+
+
+class _AwsService(_MotoService):
     def __init__(self, spec: AwsSpec) -> None:
         from citymodels_devkit.local.aws import build_aws_app
 
-        self.app = build_aws_app(
+        app = build_aws_app(
             event_buckets=spec.event_buckets,
             max_job_workers=spec.job_workers,
             wsgi_workers=spec.wsgi_workers,
@@ -308,14 +341,7 @@ class _AwsService:
             snapshot_interval=spec.snapshot_interval,
             dynamodb_url=spec.dynamodb_url,
         )
-        try:
-            self.server = listen(self.app, spec.host, spec.port, "aws")
-        except BaseException:
-            self.app.close()
-            raise
-
-    def ready(self) -> AwsReady:
-        return AwsReady(self.server.url, self.app.restored)
+        super().__init__(app, spec.host, spec.port, "aws")
 
     def command(self, name: str, *args: Any) -> Any:
         from citymodels_devkit.local.aws import RemoteEndpoint
@@ -324,26 +350,7 @@ class _AwsService:
             endpoint_name, url = args
             self.app.register_endpoint(endpoint_name, RemoteEndpoint(url, endpoint_name))
             return None
-        return _moto_command(self.app, name, *args)
-
-    def close(self) -> None:
-        self.server.stop()  # closes the app: the snapshot, the job workers
-
-
-def _moto_command(app: Any, name: str, *args: Any) -> Any:
-    """The commands of a process serving moto: ``checkpoint``, ``trace_start``,
-    ``trace_report``."""
-    from citymodels_devkit.local.trace import CONTROL
-
-    if name == "checkpoint":
-        app.checkpoint()
-    elif name == "trace_start":  # (apart,): trace every request from now on (.trace)
-        CONTROL.start(*args)
-    elif name == "trace_report":  # (stop,): what was traced; stop tracing if asked
-        return CONTROL.take(*args)
-    else:
-        raise ChildFailed(f"unknown command {name!r}")
-    return None
+        return super().command(name, *args)
 
 
 def preload_aws() -> None:
@@ -387,32 +394,6 @@ class DynamoDBSpec:
     snapshot_interval: float
 
 
-class _DynamoDBService:
-    def __init__(self, spec: DynamoDBSpec) -> None:
-        from citymodels_devkit.local.aws import build_dynamodb_app
-
-        self.app = build_dynamodb_app(
-            wsgi_workers=spec.wsgi_workers,
-            state_dir=spec.state_dir,
-            adopt_from=spec.adopt_from,
-            snapshot_interval=spec.snapshot_interval,
-        )
-        try:
-            self.server = listen(self.app, spec.host, 0, "dynamodb")
-        except BaseException:
-            self.app.close()
-            raise
-
-    def ready(self) -> AwsReady:
-        return AwsReady(self.server.url, self.app.restored)
-
-    def command(self, name: str, *args: Any) -> Any:
-        return _moto_command(self.app, name, *args)
-
-    def close(self) -> None:
-        self.server.stop()  # closes the app: the snapshot
-
-
 def preload_dynamodb() -> None:
     """Import moto's server and its DynamoDB (the DynamoDB process's start)."""
     from moto.backends import get_backend
@@ -423,9 +404,17 @@ def preload_dynamodb() -> None:
     get_backend("dynamodb")
 
 
-def serve_dynamodb(spec: DynamoDBSpec) -> _DynamoDBService:
+def serve_dynamodb(spec: DynamoDBSpec) -> _MotoService:
     """Build the DynamoDB process's service (runs in the child)."""
-    return _DynamoDBService(spec)
+    from citymodels_devkit.local.aws import build_dynamodb_app
+
+    app = build_dynamodb_app(
+        wsgi_workers=spec.wsgi_workers,
+        state_dir=spec.state_dir,
+        adopt_from=spec.adopt_from,
+        snapshot_interval=spec.snapshot_interval,
+    )
+    return _MotoService(app, spec.host, 0, "dynamodb")
 
 
 # -- the endpoint process ----------------------------------------------------------------
