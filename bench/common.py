@@ -103,27 +103,25 @@ def process_kind(pid: int) -> str:
     return cmdline.decode("utf-8", "replace").strip()[:80]
 
 
+def _proc_mib(path: str, field: str) -> float | None:
+    """A ``field:  N kB`` line of a ``/proc`` file, in MiB (None if the file is not readable)."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def memory_mb(pid: int | str = "self") -> dict[str, float | None]:
     """A process's resident memory now, MiB: ``rss`` (``/proc/PID/status`` VmRSS) and ``pss``
     (``/proc/PID/smaps_rollup``: shared pages split among their sharers, so the PSS of
     several processes adds up; None where that file is not readable)."""
-    rss: float | None = None
-    pss: float | None = None
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) / 1024
-                break
-    except OSError:
-        pass
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                pss = int(line.split()[1]) / 1024
-                break
-    except OSError:
-        pass
-    return {"rss": rss, "pss": pss}
+    return {
+        "rss": _proc_mib(f"/proc/{pid}/status", "VmRSS:"),
+        "pss": _proc_mib(f"/proc/{pid}/smaps_rollup", "Pss:"),
+    }
 
 
 def stack_roles(processes: dict[str, int]) -> dict[str, list[int]]:

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, Protocol
 from urllib.parse import quote, urlsplit
 
 from citymodels_devkit.local.persistence import (
@@ -97,6 +97,7 @@ DEFAULT_PORT: Final = 4566
 _INVOCATIONS_PREFIX: Final = "/endpoints/"
 _INVOCATIONS_SUFFIX: Final = "/invocations"
 _JSON_11: Final = b"application/x-amz-json-1.1"
+_DYNAMODB: Final = b"DynamoDB_"  # X-Amz-Target of DynamoDB's operations
 
 
 class Endpoint(Protocol):
@@ -306,8 +307,11 @@ class WsgiOnThreads:
     """
 
     def __init__(self, app: WSGIApp, workers: int = 16) -> None:
+        from a2wsgi.wsgi import build_environ
+
         self.app = app
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="moto")
+        self._environ: Any = build_environ
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one HTTP request."""
@@ -318,9 +322,7 @@ class WsgiOnThreads:
         await _respond(send, status, headers, payload)
 
     def _call(self, scope: Scope, body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        from a2wsgi.wsgi import build_environ
-
-        environ = build_environ(cast(Any, scope), cast(Any, io.BytesIO(body)))
+        environ = self._environ(scope, io.BytesIO(body))
         started: list[Any] = []
         written: list[bytes] = []
 
@@ -594,7 +596,70 @@ class InvocationsApp:
         await _respond(send, status, headers, body)
 
 
-class AwsApp:
+class MotoApp:
+    """moto's services as an ASGI application, with the store that keeps them: what
+    the local stack's DynamoDB process serves (:func:`build_dynamodb_app`), and what
+    :class:`AwsApp` adds its routing to.
+
+    Attributes
+    ----------
+    store
+        Where the state is kept across restarts (None: it is not).
+    restored
+        What was restored when the app was built (None without a store).
+    """
+
+    def __init__(
+        self,
+        *,
+        moto_app: WSGIApp,
+        wsgi_workers: int = 16,
+        store: StateStore | None = None,
+        participants: Iterable[Any] = (),
+    ) -> None:
+        # participants: persistence.Participant, each given the store's append as its
+        # ``journal``
+        self.store = store
+        self.restored: Restored | None = None
+        if store is not None:
+            # Restore before anything is served: moto's state and the participants'.
+            for participant in participants:
+                store.register(participant)
+                participant.journal = store.append
+            store.install()
+            try:
+                self.restored = store.restore(moto_app)
+            except BaseException:
+                store.close(snapshot=False)  # moto's backends as they were: unwrapped
+                raise
+        self._moto = WsgiOnThreads(_MotoEnviron(moto_app, store), workers=wsgi_workers)
+
+    def checkpoint(self) -> None:
+        """Snapshot the state now and then on the store's schedule (no-op without a store).
+
+        The local stack calls it once started, so the snapshot holds its bucket, table,
+        queues and rules, which only snapshots keep.
+        """
+        if self.store is not None:
+            self.store.snapshot()
+            self.store.start_schedule()
+
+    def close(self) -> None:
+        """Snapshot the state (with a store), stop the threads."""
+        if self.store is not None:
+            self.store.close()
+        self._moto.close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one request with moto."""
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await _lifespan(receive, send)
+            return
+        await self._moto(scope, receive, send)
+
+
+class AwsApp(MotoApp):
     """The front ASGI application (build it with :func:`build_aws_app`).
 
     Attributes
@@ -604,10 +669,8 @@ class AwsApp:
     s3_events
         The ``Object Created`` emitter; :meth:`S3EventEmitter.enable` a bucket to
         get events for it.
-    store
-        Where the state is kept across restarts (None: it is not).
-    restored
-        What was restored when the app was built (None without a store).
+    store, restored
+        As :class:`MotoApp`'s.
     """
 
     def __init__(
@@ -626,28 +689,25 @@ class AwsApp:
         self.jobs = jobs
         self.s3_events = s3_events
         self.account_id = account_id
-        self.store = store
-        self.restored: Restored | None = None
         self._pending = _PendingEvents()
-        if store is not None:
-            # Restore before anything is served: moto's state, the jobs (restarted by
-            # attach()), and the events of acknowledged writes never delivered.
-            for participant in (jobs, self._pending):
-                store.register(participant)
-                participant.journal = store.append
-            store.install()
-            try:
-                self.restored = store.restore(moto_app)
-            except BaseException:
-                store.close(snapshot=False)  # moto's backends as they were: unwrapped
-                raise
-            for event_id, arguments in list(self._pending.pending.items()):
-                self._emit_pending(event_id, arguments)
-        self._moto = WsgiOnThreads(_MotoEnviron(moto_app, store), workers=wsgi_workers)
+        # with a store: the jobs (restarted by attach()) and the events of acknowledged
+        # writes never delivered are restored with moto's state
+        super().__init__(
+            moto_app=moto_app,
+            wsgi_workers=wsgi_workers,
+            store=store,
+            participants=(jobs, self._pending),
+        )
+        for event_id, arguments in list(self._pending.pending.items()):
+            self._emit_pending(event_id, arguments)
         self.invocations = InvocationsApp(account_id, invoke_threads)
         self._control_pool = ThreadPoolExecutor(4, thread_name_prefix="aws-control")
         self.dynamodb = None if dynamodb_url is None else Forwarder(dynamodb_url)
-        self._forward_pool = ThreadPoolExecutor(16, thread_name_prefix="aws-forward")
+        self._forward_pool = (
+            None
+            if dynamodb_url is None
+            else ThreadPoolExecutor(16, thread_name_prefix="aws-forward")
+        )
         for name, endpoint in (endpoints or {}).items():
             self.register_endpoint(name, endpoint)
 
@@ -670,29 +730,18 @@ class AwsApp:
         """Called once the server listens at ``url``: start the job workers."""
         self.jobs.start(url)
 
-    def checkpoint(self) -> None:
-        """Snapshot the state now and then on the store's schedule (no-op without a store).
-
-        The local stack calls it once started, so the snapshot holds its bucket, table,
-        queues and rules, which only snapshots keep.
-        """
-        if self.store is not None:
-            self.store.snapshot()
-            self.store.start_schedule()
-
     def close(self) -> None:
         """Snapshot the state (with a store), stop the job workers and the thread pools.
 
         The snapshot comes first: jobs still running are kept as in progress and run
         again on the next start, as after a crash.
         """
-        if self.store is not None:
-            self.store.close()
+        super().close()
         self.jobs.close()
         self.invocations.close()
         self._control_pool.shutdown(wait=False, cancel_futures=True)
-        self._forward_pool.shutdown(wait=False, cancel_futures=True)
-        self._moto.close()
+        if self._forward_pool is not None:
+            self._forward_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- ASGI
 
@@ -717,7 +766,7 @@ class AwsApp:
             if name == b"x-amz-target":
                 target = value
                 break
-        if self.dynamodb is not None and target is not None and target.startswith(b"DynamoDB_"):
+        if self.dynamodb is not None and target is not None and target.startswith(_DYNAMODB):
             await self._forward(self.dynamodb, scope, receive, send)
             return
         if target is not None and target.startswith(b"SageMaker."):
@@ -741,11 +790,10 @@ class AwsApp:
 
     def forwards(self, headers: Mapping[bytes, bytes]) -> bool:
         """Whether a request with these headers is served by another process."""
-        return self.dynamodb is not None and headers.get(b"x-amz-target", b"").startswith(
-            b"DynamoDB_"
-        )
+        return self.dynamodb is not None and headers.get(b"x-amz-target", b"").startswith(_DYNAMODB)
 
     async def _forward(self, to: Forwarder, scope: Scope, receive: Receive, send: Send) -> None:
+        assert self._forward_pool is not None  # there is a Forwarder
         body = await _read_body(receive)
         raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
         query = scope.get("query_string", b"")
@@ -871,53 +919,6 @@ class AwsApp:
             return
         if self.store is not None:
             self._pending.sent(event_id)
-
-
-class MotoApp:
-    """Some of moto's services alone, as an ASGI application, with the store that keeps
-    them: what the local stack's DynamoDB process serves (:func:`build_dynamodb_app`).
-
-    Attributes
-    ----------
-    store
-        Where the state is kept across restarts (None: it is not).
-    restored
-        What was restored when the app was built (None without a store).
-    """
-
-    def __init__(
-        self, *, moto_app: WSGIApp, wsgi_workers: int = 16, store: StateStore | None = None
-    ) -> None:
-        self.store = store
-        self.restored: Restored | None = None
-        if store is not None:
-            store.install()
-            try:
-                self.restored = store.restore(moto_app)
-            except BaseException:
-                store.close(snapshot=False)
-                raise
-        self._moto = WsgiOnThreads(_MotoEnviron(moto_app, store), workers=wsgi_workers)
-
-    def checkpoint(self) -> None:
-        """As :meth:`AwsApp.checkpoint`."""
-        if self.store is not None:
-            self.store.snapshot()
-            self.store.start_schedule()
-
-    def close(self) -> None:
-        """Snapshot the state (with a store), stop the threads."""
-        if self.store is not None:
-            self.store.close()
-        self._moto.close()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve one request with moto."""
-        if scope["type"] != "http":
-            if scope["type"] == "lifespan":
-                await _lifespan(receive, send)
-            return
-        await self._moto(scope, receive, send)
 
 
 def _moto_dispatcher() -> WSGIApp:
@@ -1186,13 +1187,13 @@ class LocalAwsServer:
 
     def stop(self) -> None:
         """Stop serving (open connections get a few seconds) and close an :class:`AwsApp`
-        or a :class:`MotoApp`."""
+        (an :class:`AwsApp` too)."""
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._server = self._thread = None
-        if isinstance(self.app, (AwsApp, MotoApp)):
+        if isinstance(self.app, MotoApp):
             self.app.close()
 
     def __enter__(self) -> LocalAwsServer:

@@ -39,6 +39,8 @@ import functools
 import threading
 from typing import Any
 
+from moto.core.utils import unix_time  # what moto's own retention check compares with
+
 __all__ = [
     "install",
     "list_objects",
@@ -78,8 +80,6 @@ def list_objects(list_all: Any, unfiltered: tuple[type, ...] = ()) -> Any:
 def retained(backend: Any, queue_name: str, message: Any) -> bool:
     """moto's ``SQSBackend.is_message_valid_based_on_retention_period``, reading the
     queue's ``MessageRetentionPeriod`` (an int, as moto stores it) directly."""
-    from moto.core.utils import unix_time  # what moto's own check compares with
-
     period = backend.get_queue(queue_name).message_retention_period
     return bool(period + message.sent_timestamp / 1000 > unix_time())
 

@@ -246,6 +246,11 @@ def read_journal(path: Path) -> Iterator[tuple[str, Any]]:
         offset = start + length
 
 
+def _holds_state(directory: Path) -> bool:
+    """Whether a store wrote a snapshot or a journal in ``directory``."""
+    return (directory / SNAPSHOT_NAME).exists() or any(directory.glob(_JOURNAL_GLOB))
+
+
 def _generation(path: Path) -> int:
     return int(path.stem.split("-", 1)[1])
 
@@ -535,18 +540,12 @@ class StateStore:
         """
         started = time.perf_counter()
         self.directory.mkdir(parents=True, exist_ok=True)
-        source = self.directory
-        adopted = False
-        if (
+        adopted = (
             self.adopt_from is not None
-            and not (source / SNAPSHOT_NAME).exists()
-            and not any(source.glob(_JOURNAL_GLOB))
-            and (
-                (self.adopt_from / SNAPSHOT_NAME).exists()
-                or any(self.adopt_from.glob(_JOURNAL_GLOB))
-            )
-        ):
-            source, adopted = self.adopt_from, True
+            and not _holds_state(self.directory)
+            and _holds_state(self.adopt_from)
+        )
+        source = self.adopt_from if adopted and self.adopt_from else self.directory
         snapshot_path = source / SNAPSHOT_NAME
         generation = 0
         loaded = False

@@ -282,7 +282,6 @@ class AwsSpec:
     job_workers: int
     wsgi_workers: int
     state_dir: Path | None
-    fresh: bool
     snapshot_interval: float
     dynamodb_url: str | None = None
 
@@ -337,7 +336,6 @@ class _AwsService(_MotoService):
             max_job_workers=spec.job_workers,
             wsgi_workers=spec.wsgi_workers,
             state_dir=spec.state_dir,
-            fresh=spec.fresh,
             snapshot_interval=spec.snapshot_interval,
             dynamodb_url=spec.dynamodb_url,
         )

@@ -14,7 +14,8 @@
    :mod:`.mme`;
 4. hosts the template's functions in this process with the template's environment and
    ``AWS_ENDPOINT_URL`` set (and the DynamoDB and endpoint processes' own URLs for
-   those two services, as Lambda reaches each service's own endpoint), routing events to them by the template's rules, and
+   those two services, as Lambda reaches each service's own endpoint), routing events
+   to them by the template's rules, and
    invoking scheduled ones at the template's rate — :mod:`.lambdas`;
 5. serves the template's REST API with its authorizer, in this process — :mod:`.apigw`;
 6. prints and writes the stack outputs (docs/design.md §3, plus ``AwsEndpointUrl`` and
@@ -191,7 +192,8 @@ class LocalStack:
                 CREDENTIALS | {"AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION},
                 only_missing=True,
             )
-            if opts.persist and opts.fresh:  # here, before any process keeps anything there
+            # --fresh: wiped here, before any process keeps anything there
+            if opts.persist and opts.fresh:
                 StateStore.wipe(opts.state_dir)
             # The interpreters start now (with the credentials above) and import what
             # they need while this one reads the template; each gets its spec when wanted.
@@ -236,7 +238,6 @@ class LocalStack:
                     job_workers=opts.job_workers,
                     wsgi_workers=pollers + 32,
                     state_dir=kept,
-                    fresh=False,  # wiped above
                     snapshot_interval=opts.snapshot_interval_seconds,
                     dynamodb_url=tables.url,
                 )

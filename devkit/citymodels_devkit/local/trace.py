@@ -96,14 +96,13 @@ class RequestTrace:
         originals = (aws.AwsApp.__call__, aws.MotoApp.__call__)
         original_moto = aws._MotoEnviron.__call__
         self._originals = (*originals, original_moto)
-        trace = self
 
         def timed_moto(app: Any, environ: dict[str, Any], start_response: Any) -> Any:
             if not isinstance(app.app, _TimedMoto):
-                with trace._lock:
+                with self._lock:
                     if not isinstance(app.app, _TimedMoto):
                         app.app = _TimedMoto(app.app)
-                        trace._timed.append(app)
+                        self._timed.append(app)
             started = time.perf_counter()
             try:
                 return original_moto(app, environ, start_response)
@@ -114,7 +113,7 @@ class RequestTrace:
 
         def tracing(original: Any) -> Any:
             async def traced(app: Any, scope: Any, receive: Any, send: Any) -> None:
-                await trace._traced(original, app, scope, receive, send)
+                await self._traced(original, app, scope, receive, send)
 
             return traced
 
@@ -124,7 +123,6 @@ class RequestTrace:
     async def _traced(self, original: Any, app: Any, scope: Any, receive: Any, send: Any) -> None:
         from citymodels_devkit.local import aws
 
-        trace = self
         if scope.get("type") != "http":
             await original(app, scope, receive, send)
             return
@@ -140,8 +138,8 @@ class RequestTrace:
             action = next((f[7:] for f in fields if f.startswith("Action=")), "?")
             name = f"{action} (query)"
             receive = aws._replay(body, receive)
-        who = trace.caller(name, headers.get(b"user-agent", b""))
-        if who in trace.apart.values():
+        who = self.caller(name, headers.get(b"user-agent", b""))
+        if who in self.apart.values():
             name = f"{who}: {name}"
         started = time.perf_counter()
         recorded = False
@@ -151,9 +149,9 @@ class RequestTrace:
             if not recorded:
                 recorded = True
                 elapsed = time.perf_counter() - started
-                with trace._lock:
-                    trace._samples[name].append((elapsed, scope.get(SCOPE_KEY), scope.get(OWN_KEY)))
-                    trace._callers[(who, name)].append(elapsed)
+                with self._lock:
+                    self._samples[name].append((elapsed, scope.get(SCOPE_KEY), scope.get(OWN_KEY)))
+                    self._callers[(who, name)].append(elapsed)
 
         length: list[int] = []  # Content-Length, then the body bytes still to send
 
